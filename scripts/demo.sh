@@ -1,0 +1,54 @@
+#!/usr/bin/env bash
+# The main job (run as root): a local SLURM cluster plus the gateway, running as its service
+# account like a site's login node, then a real computation by alice with `Gateway()`.
+#   scripts/demo.sh         bring everything up, run examples/quickstart.py as alice
+#   scripts/demo.sh stop    stop the gateway (scripts/dev-cluster.sh down stops SLURM)
+set -euo pipefail
+repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+venv=/opt/slurm-gateway/venv
+pidfile=/run/slurm-gateway/gateway.pid
+log=/var/log/slurm-gateway-service.log
+
+stop_gateway() {
+    if [ -f "$pidfile" ] && kill -0 "$(cat "$pidfile")" 2>/dev/null; then
+        kill "$(cat "$pidfile")"
+        for _ in $(seq 1 60); do kill -0 "$(cat "$pidfile")" 2>/dev/null || break; sleep 0.5; done
+    fi
+    rm -f "$pidfile"
+}
+
+if [ "${1:-}" = stop ]; then
+    stop_gateway
+    echo "demo: gateway stopped"
+    exit 0
+fi
+
+bash "$repo/scripts/dev-cluster.sh" up
+bash "$repo/scripts/build-envs.sh"
+
+# The admin's part: one config file, readable by the service account only.
+install -d -m 0750 -o root -g slurmgw /etc/slurm-gateway
+install -m 0640 -o root -g slurmgw "$repo/scripts/dev-gateway-config.py" /etc/slurm-gateway/config.py
+# The site's default endpoint for `Gateway()` with no arguments.
+install -d -m 0755 /etc/dask
+runuser -u slurmgw -- "$venv/bin/slurm-gateway" client-config -f /etc/slurm-gateway/config.py \
+    > /etc/dask/gateway.yaml
+chmod 0644 /etc/dask/gateway.yaml
+
+stop_gateway
+install -d -m 0755 -o slurmgw /run/slurm-gateway
+touch "$log" && chown slurmgw "$log"
+(cd / && exec runuser -u slurmgw -- "$venv/bin/slurm-gateway" -f /etc/slurm-gateway/config.py \
+    >> "$log" 2>&1) &
+echo $! > "$pidfile"
+for _ in $(seq 1 60); do
+    "$venv/bin/python" -c "import urllib.request as u; u.urlopen('http://127.0.0.1:8000/api/health', timeout=1)" \
+        2>/dev/null && break
+    sleep 0.5
+done
+echo "demo: gateway running as slurmgw (pid $(cat "$pidfile"), log $log)"
+
+install -m 0644 "$repo/examples/quickstart.py" /tmp/slurm-gateway-quickstart.py
+cd /tmp && runuser -u alice -- env -i PATH=/usr/bin:/bin HOME=/home/alice USER=alice \
+    X509_USER_PROXY=/tmp/x509up_u1001 "$venv/bin/python" /tmp/slurm-gateway-quickstart.py
+echo "demo: done; the gateway keeps running (scripts/demo.sh stop to stop it)"

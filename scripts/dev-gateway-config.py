@@ -1,0 +1,17 @@
+# slurm-gateway config for the dev cluster made by scripts/dev-cluster.sh.
+# Everything listens on loopback; users are identified by basic auth (username only),
+# which is fine for a single-machine demo and never for a site: see the README.
+c = get_config()  # noqa: F821
+
+c.SlurmGateway.address = "127.0.0.1:8001"  # private API, reached through the proxy
+c.Proxy.address = "127.0.0.1:8000"  # what clients use (HTTP API, dashboards, TLS to schedulers)
+c.SlurmGateway.authenticator_class = "dask_gateway_server.auth.SimpleAuthenticator"
+
+c.SlurmBackend.listen_host = "127.0.0.1"  # all compute nodes are this host
+c.SlurmBackend.slurm_poll_period = 2
+
+c.SlurmClusterConfig.conda_env = "/opt/slurm-gateway/envs/default"
+c.SlurmClusterConfig.scheduler_partition = "schedulers"
+c.SlurmClusterConfig.partition = "workers"
+c.SlurmClusterConfig.scheduler_cores = 1
+c.SlurmClusterConfig.scheduler_memory = "1 G"

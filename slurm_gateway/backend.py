@@ -1,0 +1,464 @@
+"""The SLURM backend: wires options, rendering, submission and job tracking into dask-gateway."""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import os
+import pwd
+import stat
+from pathlib import Path
+
+from aiohttp import web
+from cryptography.fernet import Fernet
+from dask_gateway_server.backends.base import PublicException
+from dask_gateway_server.backends.db_base import DBBackendBase, JobStatus
+from dask_gateway_server.traitlets import Type
+from dask_gateway_server.utils import timestamp
+from traitlets import Float, List, Unicode, default
+
+from .options import DEFAULT_ENVIRONMENT_DENY, check_conda_env, default_options, filter_environment
+from .rendering import render_job_script, template_environment
+from .slurm import (
+    UNKNOWN,
+    JobInfo,
+    describe_job,
+    parse_sbatch_output,
+    sbatch_command,
+    scancel_command,
+)
+from .tracker import JobTracker
+
+
+class SlurmError(Exception):
+    """A SLURM command failed; the message carries what SLURM said."""
+
+
+class SlurmBackend(DBBackendBase):
+    """Run each Dask cluster as SLURM jobs (one scheduler job, one job per worker)
+    submitted as the cluster's user through ``sudo``."""
+
+    # Workers are cancelled together with the scheduler in one scancel.
+    supports_bulk_shutdown = True
+
+    cluster_config_class = Type(
+        "slurm_gateway.config.SlurmClusterConfig",
+        klass="dask_gateway_server.backends.base.ClusterConfig",
+        help="The cluster config class to use.",
+        config=True,
+    )
+
+    @default("cluster_options")
+    def _default_cluster_options(self):
+        return default_options()
+
+    runner_class = Type(
+        "slurm_gateway.transport.LocalSudoRunner",
+        klass="slurm_gateway.transport.CommandRunner",
+        help="How SLURM commands are run as users: local sudo (default) or a custom transport.",
+        config=True,
+    )
+
+    template_path = Unicode(
+        "",
+        help="""Directory of admin job templates. A ``scheduler.sh.j2``, ``worker.sh.j2`` or
+        ``base.sh.j2`` found here replaces the built-in one of that name.""",
+        config=True,
+    )
+
+    sbatch = Unicode("/usr/bin/sbatch", help="Path to sbatch (run as the user).", config=True)
+    scancel = Unicode("/usr/bin/scancel", help="Path to scancel (run as the user).", config=True)
+    squeue = Unicode("/usr/bin/squeue", help="Path to squeue (run as the gateway).", config=True)
+    sacct = Unicode("/usr/bin/sacct", help="Path to sacct (run as the gateway).", config=True)
+    mkdir = Unicode("/usr/bin/mkdir", help="Path to mkdir (run as the user).", config=True)
+    tail = Unicode("/usr/bin/tail", help="Path to tail (run as the user).", config=True)
+
+    job_name_prefix = Unicode(
+        "dask-gateway",
+        help="""Jobs are named ``<prefix>-scheduler`` and ``<prefix>-worker``; the gateway
+        finds its jobs in squeue by these names.""",
+        config=True,
+    )
+
+    slurm_poll_period = Float(
+        10,
+        min=0.5,
+        help="Seconds between polls of SLURM. Each poll is one squeue call for all jobs.",
+        config=True,
+    )
+
+    listen_host = Unicode(
+        "",
+        help="""Address the scheduler and workers listen on and advertise. Empty: all
+        interfaces (the node's own address is advertised). Set 127.0.0.1 when every
+        compute node is this host, as in the dev cluster.""",
+        config=True,
+    )
+
+    environment_deny = List(
+        Unicode(),
+        list(DEFAULT_ENVIRONMENT_DENY),
+        help="""Names (shell patterns) never forwarded from a user's ``env``: they are dropped
+        quietly so that ``env=dict(os.environ)`` works. Extend rather than replace.""",
+        config=True,
+    )
+
+    state_directory = Unicode(
+        "/var/lib/slurm-gateway",
+        help="Directory of the gateway's database and encryption keys (mode 0700).",
+        config=True,
+    )
+
+    @default("db_url")
+    def _default_db_url(self):
+        return f"sqlite:///{self.state_directory}/slurm-gateway.sqlite"
+
+    @default("db_encrypt_keys")
+    def _default_db_encrypt_keys(self):
+        # The stock default reads DASK_GATEWAY_ENCRYPT_KEYS only; we also keep a key file
+        # next to the persistent database, created on first start with mode 0600.
+        if os.environ.get("DASK_GATEWAY_ENCRYPT_KEYS"):
+            return super()._db_encrypt_keys_default()
+        return [_read_or_create_key(Path(self.state_directory) / "encrypt-keys")]
+
+    @default("stop_clusters_on_shutdown")
+    def _default_stop_clusters_on_shutdown(self):
+        return False  # clusters outlive a gateway restart; the database remembers them
+
+    @default("cluster_start_timeout")
+    def _default_cluster_start_timeout(self):
+        return 120.0
+
+    @default("cluster_status_period")
+    def _default_cluster_status_period(self):
+        return self.slurm_poll_period
+
+    @default("worker_status_period")
+    def _default_worker_status_period(self):
+        return self.slurm_poll_period
+
+    # The base class passes this to dask for --host and the dashboard/api addresses.
+    @property
+    def default_host(self):
+        return self.listen_host or "0.0.0.0"
+
+    # -- setup ---------------------------------------------------------------------------
+
+    async def setup(self, app):
+        # Answer a client's wait for a failed cluster with 409 and our reason: the stock
+        # client then raises it verbatim instead of "failed to start, see logs".
+        app.middlewares.append(self._failure_reason_middleware)
+        await super().setup(app)
+
+    async def do_setup(self):
+        self.runner = self.runner_class(parent=self, log=self.log)
+        self.templates = template_environment([self.template_path])
+        self.tracker = JobTracker(
+            self.runner.run,
+            job_names=[f"{self.job_name_prefix}-scheduler", f"{self.job_name_prefix}-worker"],
+            squeue=self.squeue,
+            sacct=self.sacct,
+            log=self.log,
+        )
+        self._scheduler_jobs: dict[str, str] = {}
+        for cluster in self.db.active_clusters():
+            self._track_cluster_jobs(cluster)
+        self.task_pool.spawn(self._poll_loop())
+
+    def _track_cluster_jobs(self, cluster):
+        job_id = cluster.state.get("job_id")
+        if job_id:
+            self.tracker.track(job_id)
+            self._scheduler_jobs[job_id] = cluster.name
+        for worker in cluster.workers.values():
+            if worker.status < JobStatus.STOPPED and worker.state.get("job_id"):
+                self.tracker.track(worker.state["job_id"])
+
+    async def process_cluster_options(self, user, request):
+        """Check the resulting config whatever options the admin defined (see options.py)."""
+        options, config = await super().process_cluster_options(user, request)
+        try:
+            config.conda_env = check_conda_env(config.conda_env)
+            config.environment, dropped = filter_environment(
+                config.environment, self.environment_deny
+            )
+        except ValueError as exc:
+            raise PublicException(str(exc)) from None
+        if dropped:
+            self.log.info("Not forwarding env %s for user %s", sorted(dropped), user.name)
+        return options, config
+
+    # -- polling ---------------------------------------------------------------------------
+
+    async def _poll_loop(self):
+        while True:
+            await asyncio.sleep(self.slurm_poll_period)
+            try:
+                await self._poll_slurm()
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                self.log.warning("Error while polling SLURM", exc_info=True)
+
+    async def _poll_slurm(self):
+        for info in await self.tracker.poll():
+            cluster_name = self._scheduler_jobs.get(info.job_id)
+            cluster = self.db.get_cluster(cluster_name) if cluster_name else None
+            if cluster is not None and cluster.target <= JobStatus.RUNNING:
+                # A running cluster is otherwise only noticed when heartbeats stop.
+                self.log.info("Scheduler job %s of cluster %s ended", info.job_id, cluster.name)
+                await self.stop_cluster(cluster.name, failed=True)
+
+    def _is_alive(self, obj) -> bool:
+        job_id = obj.state.get("job_id")
+        info = self.tracker.get(job_id) if job_id else None
+        return info is None or info.is_active
+
+    async def do_check_clusters(self, clusters):
+        return [self._is_alive(c) for c in clusters]
+
+    async def do_check_workers(self, workers):
+        return [self._is_alive(w) for w in workers]
+
+    # -- clusters --------------------------------------------------------------------------
+
+    async def do_start_cluster(self, cluster):
+        state = {"log_directory": self._log_directory(cluster)}
+        try:
+            await self._prepare_log_directory(cluster.username, state["log_directory"])
+            script = self._render(cluster, "scheduler")
+            job_id = await self._submit(cluster.username, script)
+        except Exception as exc:
+            failure = str(exc) if isinstance(exc, SlurmError | ValueError) else repr(exc)
+            self.db.update_cluster(
+                cluster, state={**state, "failure": f"Cluster {cluster.name} failed: {failure}"}
+            )
+            raise
+        self.tracker.track(job_id)
+        self._scheduler_jobs[job_id] = cluster.name
+        self.log.info(
+            "Cluster %s of user %s: scheduler job %s submitted",
+            cluster.name,
+            cluster.username,
+            job_id,
+        )
+        yield {**state, "job_id": job_id}
+
+    async def do_stop_cluster(self, cluster):
+        job_ids = [
+            w.state["job_id"]
+            for w in cluster.workers.values()
+            if w.status < JobStatus.STOPPED and w.state.get("job_id")
+        ]
+        scheduler_job = cluster.state.get("job_id")
+        if scheduler_job:
+            job_ids.insert(0, scheduler_job)
+        if cluster.target == JobStatus.FAILED and "failure" not in cluster.state:
+            reason = await self._explain_failure(cluster)
+            self.db.update_cluster(cluster, state={**cluster.state, "failure": reason})
+            self.log.warning(
+                "Cluster %s of user %s failed: %s", cluster.name, cluster.username, reason
+            )
+        self._scheduler_jobs.pop(scheduler_job, None)
+        try:
+            await self._cancel(cluster.username, job_ids)
+        finally:
+            self.tracker.forget(job_ids)
+
+    async def _explain_failure(self, cluster) -> str:
+        """One line saying why a cluster failed, with the SLURM facts and the log's last line."""
+        job_id = cluster.state.get("job_id")
+        if not job_id:
+            return f"Cluster {cluster.name} failed before its scheduler job was submitted"
+        await self.tracker.poll()
+        info = self.tracker.get(job_id) or JobInfo(job_id, state=UNKNOWN)
+        facts = describe_job("scheduler", info)
+        log_file = f"{cluster.state['log_directory']}/scheduler-{job_id}.log"
+        if info.is_terminal:
+            why = facts
+            if info.state == "TIMEOUT":
+                why += f"; the cluster reached its walltime ({cluster.config['walltime']})"
+        elif not cluster.scheduler_address:
+            waited = (timestamp() - cluster.start_time) / 1000
+            if info.state in ("PENDING", "SUBMITTED"):
+                why = f"the scheduler did not start within {waited:.0f} s: {facts}"
+            else:
+                why = f"the scheduler did not contact the gateway within {waited:.0f} s: {facts}"
+            why += "; the job was cancelled"
+        elif cluster.worker_start_failure_count >= self.worker_start_failure_limit:
+            why = (
+                f"{cluster.worker_start_failure_count} workers in a row failed to start, last: "
+                f"{cluster.state.get('last_worker_failure', 'no details')}"
+            )
+            return f"Cluster {cluster.name} failed: {why}. Logs: {cluster.state['log_directory']}"
+        else:
+            why = f"the scheduler stopped sending heartbeats: {facts}; the job was cancelled"
+        last_line = await self._last_log_line(cluster.username, log_file)
+        if last_line:
+            why += f"; last log line: {last_line}"
+        return f"Cluster {cluster.name} failed: {why}. Log: {log_file}"
+
+    # -- workers ---------------------------------------------------------------------------
+
+    async def do_start_worker(self, worker):
+        cluster = worker.cluster
+        try:
+            job_id = await self._submit(cluster.username, self._render(cluster, "worker", worker))
+        except Exception as exc:
+            self._record_worker_failure(cluster, f"worker {worker.name} not submitted: {exc!s}")
+            raise
+        self.tracker.track(job_id)
+        self.log.info("Cluster %s: worker %s is job %s", cluster.name, worker.name, job_id)
+        yield {"job_id": job_id}
+
+    async def do_stop_worker(self, worker):
+        job_id = worker.state.get("job_id")
+        if not job_id:
+            return
+        if worker.target == JobStatus.FAILED:
+            info = self.tracker.get(job_id) or JobInfo(job_id, state=UNKNOWN)
+            self._record_worker_failure(worker.cluster, describe_job("worker", info))
+        try:
+            await self._cancel(worker.cluster.username, [job_id])
+        finally:
+            self.tracker.forget([job_id])
+
+    def _record_worker_failure(self, cluster, text: str):
+        self.log.warning("Cluster %s: %s", cluster.name, text)
+        self.db.update_cluster(cluster, state={**cluster.state, "last_worker_failure": text})
+
+    # -- job scripts -----------------------------------------------------------------------
+
+    def _log_directory(self, cluster) -> str:
+        base = cluster.config["log_directory"].format(username=cluster.username)
+        return f"{base}/{cluster.name}"
+
+    def _render(self, cluster, role: str, worker=None) -> str:
+        config = cluster.config
+        if role == "scheduler":
+            command = self.get_scheduler_command(cluster)
+            cpus, memory = config["scheduler_cores"], config["scheduler_memory"]
+            partition = config["scheduler_partition"] or config["partition"]
+        else:
+            command = self.get_worker_command(cluster, worker.name)
+            cpus, memory = config["worker_cores"], config["worker_memory"]
+            partition = config["partition"]
+        user_environment = dict(config["environment"])
+        log_directory = self._log_directory(cluster)
+        job = {
+            "name": f"{self.job_name_prefix}-{role}",
+            "comment": f"dask-gateway:{cluster.name}:{worker.name if worker else 'scheduler'}",
+            "log_file": f"{log_directory}/{role}-%j.log",
+            "chdir": log_directory,
+            "cpus": cpus,
+            "memory": f"{math.ceil(memory / 2**20)}M",
+            "walltime": config["walltime"],
+            "partition": partition,
+            "account": config["account"],
+            "qos": config["qos"],
+            "reservation": config["reservation"],
+            "constraint": config["constraint"] if role == "worker" else "",
+            "gres": config["gres"] if role == "worker" else "",
+            "extra_directives": config["extra_directives"] + config[f"{role}_extra_directives"],
+        }
+        return render_job_script(
+            self.templates,
+            f"{role}.sh.j2",
+            {
+                "role": role,
+                "cluster_name": cluster.name,
+                "job": job,
+                "conda_env": config["conda_env"],
+                "user_environment": user_environment,
+                "gateway_environment": {
+                    k: v for k, v in self.get_env(cluster).items() if k not in user_environment
+                },
+                "tls_cert": cluster.tls_cert.decode(),
+                "tls_key": cluster.tls_key.decode(),
+                "command": command,
+            },
+        )
+
+    def get_worker_command(self, cluster, worker_name, scheduler_address=None):
+        command = super().get_worker_command(cluster, worker_name, scheduler_address)
+        # Exit when the scheduler is gone instead of waiting for the walltime.
+        command += ["--death-timeout", "60"]
+        if self.listen_host:
+            command += ["--host", self.listen_host]
+        return command
+
+    # -- SLURM commands as the user ----------------------------------------------------------
+
+    async def _submit(self, username: str, script: str) -> str:
+        result = await self.runner.run(
+            sbatch_command(self.sbatch), user=username, stdin=script.encode()
+        )
+        if not result.ok:
+            raise SlurmError(f"SLURM refused the job: {result.summary()}")
+        return parse_sbatch_output(result.stdout)
+
+    async def _cancel(self, username: str, job_ids: list[str]):
+        if not job_ids:
+            return
+        result = await self.runner.run(scancel_command(job_ids, self.scancel), user=username)
+        # scancel exits non-zero for jobs that already ended; that is what we wanted.
+        if (
+            not result.ok
+            and "already" not in result.stderr
+            and "Invalid job id" not in result.stderr
+        ):
+            raise SlurmError(f"could not cancel jobs {', '.join(job_ids)}: {result.summary()}")
+
+    async def _prepare_log_directory(self, username: str, log_directory: str):
+        """Create the user's log directories as the user, and refuse ones others could read."""
+        user_directory = os.path.dirname(log_directory)
+        result = await self.runner.run(
+            [self.mkdir, "-p", "-m", "0700", "--", user_directory, log_directory], user=username
+        )
+        if not result.ok:
+            raise SlurmError(f"cannot create the log directory {log_directory}: {result.summary()}")
+        uid = pwd.getpwnam(username).pw_uid
+        info = os.stat(user_directory)
+        if info.st_uid != uid or info.st_mode & (stat.S_IRWXG | stat.S_IRWXO):
+            raise SlurmError(
+                f"the log directory {user_directory} must be owned by {username} with mode 0700 "
+                f"(it has uid {info.st_uid}, mode {stat.S_IMODE(info.st_mode):o}); "
+                f"ask the admins to fix or remove it"
+            )
+
+    async def _last_log_line(self, username: str, path: str) -> str:
+        result = await self.runner.run([self.tail, "-n", "20", "--", path], user=username)
+        lines = [line.strip() for line in result.stdout.splitlines() if line.strip()]
+        return lines[-1][:500] if result.ok and lines else ""
+
+    # -- API -----------------------------------------------------------------------------
+
+    @web.middleware
+    async def _failure_reason_middleware(self, request, handler):
+        response = await handler(request)
+        name = request.match_info.get("cluster_name")
+        if (
+            request.method == "GET"
+            and "wait" in request.query
+            and response.status == 200  # the route already checked the user may see it
+            and name
+            and request.path.endswith(f"/api/v1/clusters/{name}")
+        ):
+            cluster = self.db.get_cluster(name)
+            if cluster is not None and cluster.status == JobStatus.FAILED:
+                failure = (cluster.state or {}).get("failure") or (
+                    f"Cluster {name} failed; no SLURM details were recorded"
+                )
+                return web.json_response({"error": failure}, status=409)
+        return response
+
+
+def _read_or_create_key(path: Path) -> bytes:
+    if not path.exists():
+        path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "wb") as f:
+            f.write(Fernet.generate_key())
+    if path.stat().st_mode & (stat.S_IRWXG | stat.S_IRWXO):
+        raise ValueError(f"{path} must not be readable by others (chmod 600 {path})")
+    return path.read_bytes().strip()

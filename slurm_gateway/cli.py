@@ -1,0 +1,135 @@
+"""The ``slurm-gateway`` command: run the gateway, print its config, print the client config."""
+
+from __future__ import annotations
+
+import socket
+import sys
+
+from dask_gateway_server.app import DaskGateway
+from dask_gateway_server.auth import (
+    JupyterHubAuthenticator,
+    KerberosAuthenticator,
+    SimpleAuthenticator,
+)
+from dask_gateway_server.proxy import Proxy
+from dask_gateway_server.traitlets import Application
+from traitlets import Bool, Unicode, default
+
+from . import __version__
+from .backend import SlurmBackend
+from .config import SlurmClusterConfig
+from .transport import LocalSudoRunner
+
+DEFAULT_CONFIG = "/etc/slurm-gateway/config.py"
+
+_AUTH_TYPES = {
+    "SimpleAuthenticator": "basic",
+    "JupyterHubAuthenticator": "jupyterhub",
+    "KerberosAuthenticator": "kerberos",
+}
+
+
+class ClientConfig(Application):
+    """Print the dask config that makes ``Gateway()`` with no arguments reach this gateway."""
+
+    name = "slurm-gateway client-config"
+    version = __version__
+    description = """Print the client config of this gateway (install it as
+    /etc/dask/gateway.yaml on the machines where users run notebooks)."""
+
+    config_file = Unicode(DEFAULT_CONFIG, help="The gateway config file to read.", config=True)
+    public_host = Unicode(
+        help="Host name clients use to reach the proxy (default: this host's FQDN, "
+        "or the proxy's own host when it listens on one address).",
+        config=True,
+    )
+    aliases = {
+        "f": "ClientConfig.config_file",
+        "config": "ClientConfig.config_file",
+        "public-host": "ClientConfig.public_host",
+    }
+
+    @default("public_host")
+    def _default_public_host(self):
+        return socket.getfqdn()
+
+    def start(self):
+        self.load_config_file(self.config_file)
+        proxy = self.config.Proxy
+        host, _, port = str(proxy.get("address", ":8000")).rpartition(":")
+        if host in ("", "0.0.0.0", "[::]"):
+            host = self.public_host
+        prefix = str(proxy.get("prefix", "")).rstrip("/")
+        scheme = "https" if proxy.get("tls_cert") else "http"
+        authenticator = self.config.SlurmGateway.get("authenticator_class", SimpleAuthenticator)
+        auth_name = authenticator if isinstance(authenticator, str) else authenticator.__name__
+        lines = [
+            "# Dask Gateway client config for this site; install as /etc/dask/gateway.yaml",
+            "gateway:",
+            f"  address: {scheme}://{host}:{port}{prefix}",
+        ]
+        if proxy.get("tcp_address"):
+            tcp_host, _, tcp_port = str(proxy.tcp_address).rpartition(":")
+            if tcp_host in ("", "0.0.0.0", "[::]"):
+                tcp_host = host
+            lines.append(f"  proxy-address: tls://{tcp_host}:{tcp_port}")
+        lines += ["  auth:", f"    type: {_AUTH_TYPES.get(auth_name.rsplit('.', 1)[-1], 'basic')}"]
+        print("\n".join(lines))
+
+
+class SlurmGateway(DaskGateway):
+    """Dask Gateway with the SLURM backend: Dask clusters as SLURM jobs of each user."""
+
+    name = "slurm-gateway"
+    version = __version__
+    description = "Start the Dask Gateway server with the SLURM backend"
+    examples = """
+        slurm-gateway -f /etc/slurm-gateway/config.py
+        slurm-gateway --generate-config > /etc/slurm-gateway/config.py
+        slurm-gateway client-config -f /etc/slurm-gateway/config.py > /etc/dask/gateway.yaml
+    """
+
+    subcommands = {
+        "client-config": ("slurm_gateway.cli.ClientConfig", ClientConfig.__doc__),
+    }
+
+    config_file = Unicode(DEFAULT_CONFIG, help="The config file to load.", config=True)
+
+    generate_config = Bool(
+        False, help="Print a config file with every option documented, then exit.", config=True
+    )
+    flags = {
+        "generate-config": (
+            {"SlurmGateway": {"generate_config": True}},
+            "Print a config file with every option documented, then exit.",
+        )
+    }
+
+    @default("backend_class")
+    def _default_backend_class(self):
+        return "slurm_gateway.backend.SlurmBackend"
+
+    @default("classes")
+    def _default_classes(self):
+        return [
+            SlurmGateway,
+            SlurmBackend,
+            SlurmClusterConfig,
+            LocalSudoRunner,
+            Proxy,
+            SimpleAuthenticator,
+            JupyterHubAuthenticator,
+            KerberosAuthenticator,
+        ]
+
+    def initialize(self, argv=None):
+        # Parse the command line only: --generate-config must work without a config file.
+        Application.initialize(self, argv)
+        if self.generate_config:
+            sys.stdout.write(self.generate_config_file())
+            self.exit(0)
+        if self.subapp is None:
+            super().initialize(argv)
+
+
+main = SlurmGateway.launch_instance

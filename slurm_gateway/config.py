@@ -1,0 +1,141 @@
+"""Per-cluster configuration: resources, SLURM directives, environment, logs."""
+
+from __future__ import annotations
+
+import re
+
+from dask_gateway_server.backends.base import ClusterConfig
+from dask_gateway_server.traitlets import Command
+from traitlets import Float, List, Unicode, default, validate
+
+# [minutes] | MM:SS | HH:MM:SS | D-HH | D-HH:MM | D-HH:MM:SS, as sbatch --time accepts.
+_WALLTIME = re.compile(
+    r"^(\d+|\d+:\d{2}|\d+:\d{2}:\d{2}|\d+-\d+|\d+-\d+:\d{2}|\d+-\d+:\d{2}:\d{2})$"
+)
+
+
+def _one_line(name: str, value: str) -> str:
+    if any(ord(c) < 32 or ord(c) == 127 for c in value):
+        raise ValueError(f"{name} must be one printable line, got {value!r}")
+    return value
+
+
+class SlurmClusterConfig(ClusterConfig):
+    """Configuration of one Dask cluster run as SLURM jobs.
+
+    Set site-wide in the config file (``c.SlurmClusterConfig.partition = "dask"``);
+    the cluster options handler may override any of these per cluster.
+    """
+
+    scheduler_cmd = Command(
+        ["python", "-m", "distributed.cli.dask_scheduler"],
+        help="""Command that starts the scheduler, run inside the activated job environment.
+
+        distributed >= 2026.8 no longer installs a ``dask-scheduler`` script, so the
+        default runs the module with the environment's own python.""",
+        config=True,
+    )
+
+    worker_cmd = Command(
+        ["python", "-m", "distributed.cli.dask_worker"],
+        help="Command that starts a worker, run inside the activated job environment.",
+        config=True,
+    )
+
+    idle_timeout = Float(
+        3600,
+        min=0,
+        help="Seconds an idle cluster (no client, no work) lives before shutdown; 0: never.",
+        config=True,
+    )
+
+    conda_env = Unicode(
+        "/opt/slurm-gateway/envs/default",
+        help="""Job environment used when the user gives no ``conda_env``: the absolute path
+        of a conda prefix (its activate.d scripts run) or of a venv. It must contain dask,
+        distributed and dask-gateway matching the clients, and be readable on compute nodes.""",
+        config=True,
+    )
+
+    walltime = Unicode(
+        "1-00:00:00",
+        help="""Longest life of a cluster, as SLURM ``--time`` (``D-HH:MM:SS``). The scheduler
+        job gets this limit, so no cluster outlives it; workers get it too.""",
+        config=True,
+    )
+
+    partition = Unicode(
+        "", help="Partition of the worker jobs (empty: SLURM's default).", config=True
+    )
+
+    scheduler_partition = Unicode(
+        "", help="Partition of the scheduler job (empty: same as ``partition``).", config=True
+    )
+
+    account = Unicode(
+        "", help="``--account`` of all jobs (empty: the user's default).", config=True
+    )
+
+    qos = Unicode("", help="``--qos`` of all jobs (empty: none).", config=True)
+
+    constraint = Unicode("", help="``--constraint`` of the worker jobs (empty: none).", config=True)
+
+    reservation = Unicode("", help="``--reservation`` of all jobs (empty: none).", config=True)
+
+    gres = Unicode(
+        "", help="``--gres`` of the worker jobs, e.g. ``gpu:1`` (empty: none).", config=True
+    )
+
+    extra_directives = List(
+        Unicode(),
+        help="""More ``#SBATCH`` lines for all jobs, each a single option such as
+        ``--exclusive`` or ``--mail-type=NONE``.""",
+        config=True,
+    )
+
+    scheduler_extra_directives = List(
+        Unicode(), help="More ``#SBATCH`` lines for the scheduler job only.", config=True
+    )
+
+    worker_extra_directives = List(
+        Unicode(), help="More ``#SBATCH`` lines for worker jobs only.", config=True
+    )
+
+    log_directory = Unicode(
+        "/var/log/slurm-gateway/{username}",
+        help="""Per-user directory of job logs; ``{username}`` is replaced. Each cluster's
+        logs go in a subdirectory named after the cluster and are kept after it stops.
+        The gateway creates it as the user (mode 0700) and refuses one the user does not
+        own or that others can read. Must be visible on compute nodes; the parent must let
+        users create their own directory (e.g. mode 1733).""",
+        config=True,
+    )
+
+    @default("scheduler_partition")
+    def _default_scheduler_partition(self):
+        return self.partition
+
+    @validate("walltime")
+    def _validate_walltime(self, proposal):
+        if not _WALLTIME.match(proposal.value):
+            raise ValueError(
+                f"walltime must be a SLURM --time value such as 1-00:00:00, got {proposal.value!r}"
+            )
+        return proposal.value
+
+    @validate(
+        "partition",
+        "scheduler_partition",
+        "account",
+        "qos",
+        "constraint",
+        "reservation",
+        "gres",
+        "log_directory",
+    )
+    def _validate_one_line(self, proposal):
+        return _one_line(proposal.trait.name, proposal.value)
+
+    @validate("extra_directives", "scheduler_extra_directives", "worker_extra_directives")
+    def _validate_directives(self, proposal):
+        return [_one_line(proposal.trait.name, d) for d in proposal.value]

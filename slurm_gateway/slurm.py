@@ -1,0 +1,192 @@
+"""SLURM command lines and output parsing, as pure functions.
+
+Nothing here runs a process: the backend passes these argv lists to a
+:class:`~slurm_gateway.transport.CommandRunner` and feeds the output back to the
+parsers, so every parser is tested directly on real SLURM output.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, replace
+
+# States in which a job still holds (or waits for) resources.
+ACTIVE_STATES = frozenset(
+    {
+        "PENDING",
+        "CONFIGURING",
+        "RUNNING",
+        "COMPLETING",
+        "SUSPENDED",
+        "REQUEUED",
+        "REQUEUE_HOLD",
+        "REQUEUE_FED",
+        "RESIZING",
+        "SIGNALING",
+        "STAGE_OUT",
+        "RESV_DEL_HOLD",
+    }
+)
+
+# States a job never leaves.
+TERMINAL_STATES = frozenset(
+    {
+        "BOOT_FAIL",
+        "CANCELLED",
+        "COMPLETED",
+        "DEADLINE",
+        "FAILED",
+        "NODE_FAIL",
+        "OUT_OF_MEMORY",
+        "PREEMPTED",
+        "REVOKED",
+        "SPECIAL_EXIT",
+        "TIMEOUT",
+    }
+)
+
+# Our own pseudo-states: submitted but not yet seen by a poll, and "SLURM could not tell us".
+SUBMITTED = "SUBMITTED"
+UNKNOWN = "UNKNOWN"
+
+_SQUEUE_FIELDS = ("job_id", "state", "reason", "nodes", "elapsed", "start_time")
+_SQUEUE_FORMAT = "%i|%T|%r|%N|%M|%S"
+_SACCT_FIELDS = ("job_id", "state", "exit_code", "nodes", "elapsed", "reason")
+_SACCT_FORMAT = "JobID,State,ExitCode,NodeList,Elapsed,Reason"
+_JOB_ID = re.compile(r"^\d+$")
+
+
+@dataclass(frozen=True)
+class JobInfo:
+    """What SLURM last told us about one job."""
+
+    job_id: str
+    state: str = SUBMITTED
+    reason: str = ""
+    nodes: str = ""
+    elapsed: str = ""
+    exit_code: str = ""
+    start_time: str = ""
+    cancelled_by: str = ""
+    #: True once the final state came from ``sacct`` (exit code known).
+    accounted: bool = False
+
+    @property
+    def is_terminal(self) -> bool:
+        return self.state in TERMINAL_STATES
+
+    @property
+    def is_active(self) -> bool:
+        """Still queued or running, or not known to have ended (never "failed" by default)."""
+        return not self.is_terminal
+
+    def merged(self, newer: JobInfo) -> JobInfo:
+        """Combine with a newer report, keeping facts the newer one lacks."""
+        fields = {k: v for k, v in newer.__dict__.items() if v not in ("", None)}
+        return replace(self, **fields)
+
+
+def sbatch_command(sbatch: str = "sbatch") -> list[str]:
+    """Submit the job script given on standard input; print only the job id."""
+    return [sbatch, "--parsable"]
+
+
+def parse_sbatch_output(stdout: str) -> str:
+    """The job id printed by ``sbatch --parsable`` (``"123"`` or ``"123;cluster"``)."""
+    for line in stdout.splitlines():
+        job_id = line.strip().split(";", 1)[0]
+        if _JOB_ID.match(job_id):
+            return job_id
+    raise ValueError(f"sbatch printed no job id: {stdout.strip()!r}")
+
+
+def scancel_command(job_ids: list[str], scancel: str = "scancel") -> list[str]:
+    return [scancel, "--", *job_ids]
+
+
+def squeue_command(job_names: list[str], squeue: str = "squeue") -> list[str]:
+    """One call listing every job (all users, all states) carrying one of our job names."""
+    return [
+        squeue,
+        "--noheader",
+        "--states=all",
+        "--name=" + ",".join(job_names),
+        "--format=" + _SQUEUE_FORMAT,
+    ]
+
+
+def parse_squeue(stdout: str) -> dict[str, JobInfo]:
+    """Parse :func:`squeue_command` output into ``{job_id: JobInfo}``."""
+    jobs = {}
+    for line in stdout.splitlines():
+        parts = line.split("|", len(_SQUEUE_FIELDS) - 1)
+        if len(parts) != len(_SQUEUE_FIELDS):
+            continue
+        row = dict(zip(_SQUEUE_FIELDS, (p.strip() for p in parts), strict=True))
+        if not _JOB_ID.match(row["job_id"]):
+            continue
+        jobs[row["job_id"]] = JobInfo(
+            job_id=row["job_id"],
+            state=row["state"],
+            reason="" if row["reason"] == "None" else row["reason"],
+            nodes=row["nodes"],
+            elapsed=row["elapsed"],
+            start_time="" if row["start_time"] in ("N/A", "Unknown") else row["start_time"],
+        )
+    return jobs
+
+
+def sacct_command(job_ids: list[str], sacct: str = "sacct") -> list[str]:
+    """Final states of jobs that have left the queue (allocation lines only)."""
+    return [
+        sacct,
+        "--noheader",
+        "--parsable2",
+        "--allocations",
+        "--jobs=" + ",".join(job_ids),
+        "--format=" + _SACCT_FORMAT,
+    ]
+
+
+def parse_sacct(stdout: str) -> dict[str, JobInfo]:
+    """Parse :func:`sacct_command` output; ``CANCELLED by 1001`` sets ``cancelled_by``."""
+    jobs = {}
+    for line in stdout.splitlines():
+        parts = line.split("|")
+        if len(parts) < len(_SACCT_FIELDS):
+            continue
+        row = dict(zip(_SACCT_FIELDS, (p.strip() for p in parts), strict=False))
+        if not _JOB_ID.match(row["job_id"]):
+            continue
+        state, _, by = row["state"].partition(" by ")
+        jobs[row["job_id"]] = JobInfo(
+            job_id=row["job_id"],
+            state=state,
+            exit_code=row["exit_code"],
+            nodes="" if row["nodes"] in ("None assigned", "None") else row["nodes"],
+            elapsed=row["elapsed"],
+            reason="" if row["reason"] == "None" else row["reason"],
+            cancelled_by=by,
+            accounted=state in TERMINAL_STATES,
+        )
+    return jobs
+
+
+def describe_job(role: str, info: JobInfo) -> str:
+    """One line of SLURM facts, e.g. ``scheduler job 42 OUT_OF_MEMORY (exit 0:125) on n1``."""
+    text = f"{role} job {info.job_id} {info.state}"
+    if info.state == "PENDING":
+        text += f" (reason: {info.reason or 'None'}"
+        text += f", expected start: {info.start_time})" if info.start_time else ")"
+    else:
+        if info.cancelled_by:
+            text += f" by uid {info.cancelled_by}"
+        if info.exit_code and info.is_terminal:
+            text += f" (exit {info.exit_code})"
+        if info.reason and info.is_terminal:
+            text += f" (reason: {info.reason})"
+        if info.nodes:
+            text += f" on {info.nodes}"
+        if info.elapsed:
+            text += f" after {info.elapsed}"
+    return text

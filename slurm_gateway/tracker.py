@@ -1,0 +1,127 @@
+"""Job state tracking: one ``squeue`` call per poll for every job of every cluster.
+
+The tracker keeps the last thing SLURM said about each job the gateway submitted.
+A poll runs a single ``squeue`` over all of the gateway's jobs (selected by job
+name, so unknown or purged ids cannot make it fail) and one ``sacct`` for the jobs
+that have just left the queue, to learn their exit code and final state. When
+SLURM cannot be asked (``squeue`` fails, slurmctld is down), nothing changes:
+jobs keep their last known state, and are never reported as failed for it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable, Iterable
+from dataclasses import replace
+
+from .slurm import (
+    UNKNOWN,
+    JobInfo,
+    parse_sacct,
+    parse_squeue,
+    sacct_command,
+    squeue_command,
+)
+from .transport import CommandResult
+
+#: Polls after which a job that left the queue without an accounting record is left as it is.
+ACCOUNTING_ATTEMPTS = 5
+
+
+class JobTracker:
+    """The last known :class:`~slurm_gateway.slurm.JobInfo` of each tracked job."""
+
+    def __init__(
+        self,
+        run: Callable[[list[str]], Awaitable[CommandResult]],
+        *,
+        job_names: list[str],
+        squeue: str = "squeue",
+        sacct: str = "sacct",
+        log: logging.Logger | None = None,
+    ):
+        self._run = run
+        self._job_names = job_names
+        self._squeue = squeue
+        self._sacct = sacct
+        self._log = log or logging.getLogger(__name__)
+        self._jobs: dict[str, JobInfo] = {}
+        self._accounting_attempts: dict[str, int] = {}
+        self._lock = asyncio.Lock()
+        #: False while the last ``squeue`` failed (SLURM unreachable).
+        self.slurm_available = True
+
+    def track(self, job_id: str) -> None:
+        self._jobs.setdefault(job_id, JobInfo(job_id))
+
+    def forget(self, job_ids: Iterable[str]) -> None:
+        for job_id in job_ids:
+            self._jobs.pop(job_id, None)
+            self._accounting_attempts.pop(job_id, None)
+
+    def get(self, job_id: str) -> JobInfo | None:
+        return self._jobs.get(job_id)
+
+    def __len__(self) -> int:
+        return len(self._jobs)
+
+    async def poll(self) -> list[JobInfo]:
+        """Refresh every tracked job; return those seen ending during this poll."""
+        async with self._lock:
+            return await self._poll()
+
+    async def _poll(self) -> list[JobInfo]:
+        open_ids = [j for j, info in self._jobs.items() if not info.accounted]
+        if not open_ids:
+            return []
+        result = await self._run(squeue_command(self._job_names, self._squeue))
+        if not result.ok:
+            if self.slurm_available:
+                self._log.warning(
+                    "SLURM unavailable, keeping last known job states: %s", result.summary()
+                )
+            self.slurm_available = False
+            return []
+        if not self.slurm_available:
+            self._log.info("SLURM answers again")
+        self.slurm_available = True
+
+        before = {j: self._jobs[j] for j in open_ids}
+        queued = parse_squeue(result.stdout)
+        left_queue = []
+        for job_id in open_ids:
+            seen = queued.get(job_id)
+            if seen is not None:
+                self._jobs[job_id] = self._jobs[job_id].merged(seen)
+            if seen is None or seen.is_terminal:
+                left_queue.append(job_id)
+        if left_queue:
+            await self._account(left_queue, missing=set(left_queue) - set(queued))
+        return [
+            self._jobs[j]
+            for j in open_ids
+            if j in self._jobs and self._jobs[j].is_terminal and not before[j].is_terminal
+        ]
+
+    async def _account(self, job_ids: list[str], missing: set[str]) -> None:
+        """Final states from ``sacct``; jobs neither queued nor accounted become UNKNOWN."""
+        result = await self._run(sacct_command(job_ids, self._sacct))
+        accounted = parse_sacct(result.stdout) if result.ok else {}
+        if not result.ok:
+            self._log.warning(
+                "sacct failed, final job states may lack exit codes: %s", result.summary()
+            )
+        for job_id in job_ids:
+            if job_id not in self._jobs:
+                continue
+            info = accounted.get(job_id)
+            if info is not None:
+                self._jobs[job_id] = self._jobs[job_id].merged(info)
+                continue
+            attempts = self._accounting_attempts.get(job_id, 0) + 1
+            self._accounting_attempts[job_id] = attempts
+            if job_id in missing and result.ok:
+                self._jobs[job_id] = self._jobs[job_id].merged(JobInfo(job_id, state=UNKNOWN))
+            if attempts >= ACCOUNTING_ATTEMPTS:
+                self._jobs[job_id] = replace(self._jobs[job_id], accounted=True)

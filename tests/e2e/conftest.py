@@ -1,0 +1,243 @@
+"""End-to-end fixtures: the real gateway (as its service account) on the real dev SLURM cluster.
+
+The cluster, users and environments come from ``scripts/test.sh`` (dev-cluster.sh up and
+build-envs.sh). Client code runs as the real users alice and bob, in their own processes,
+with the unmodified ``dask_gateway`` client and ``Gateway()`` without arguments.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import pwd
+import shutil
+import subprocess
+import tempfile
+import textwrap
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+PREFIX = Path("/opt/slurm-gateway")
+PYTHON = str(PREFIX / "venv" / "bin" / "python")
+GATEWAY = str(PREFIX / "venv" / "bin" / "slurm-gateway")
+SERVICE_ACCOUNT = "slurmgw"
+USERS = ("alice", "bob")
+PROXY = "127.0.0.1:18000"
+API = "127.0.0.1:18001"
+START_TIMEOUT = 25  # the scheduler start timeout of the test gateway, seconds
+
+
+def run(argv, **kwargs) -> subprocess.CompletedProcess:
+    return subprocess.run(argv, capture_output=True, text=True, timeout=120, **kwargs)
+
+
+def user_jobs(*users: str) -> list[str]:
+    """Lines of squeue for the users' jobs that are still queued or running."""
+    out = run(["squeue", "--noheader", "--user=" + ",".join(users), "--format=%i %u %j %T"])
+    assert out.returncode == 0, out.stderr
+    return [line for line in out.stdout.splitlines() if line.strip()]
+
+
+def wait_until(predicate, timeout: float, interval: float = 0.5):
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value or time.monotonic() > deadline:
+            return value
+        time.sleep(interval)
+
+
+class Gateway:
+    """The gateway process under test."""
+
+    def __init__(self, workdir: Path):
+        self.workdir = workdir
+        self.config = workdir / "config.py"
+        self.log = workdir / "gateway.log"
+        self.client_config = workdir / "dask"
+        self.proc = None
+
+    def write_config(self):
+        self.config.write_text(
+            textwrap.dedent(f"""
+            c = get_config()
+            c.SlurmGateway.address = "{API}"
+            c.Proxy.address = "{PROXY}"
+            c.SlurmBackend.state_directory = "{self.workdir / "state"}"
+            c.SlurmBackend.listen_host = "127.0.0.1"
+            c.SlurmBackend.slurm_poll_period = 1
+            c.SlurmBackend.cluster_start_timeout = {START_TIMEOUT}
+            c.SlurmClusterConfig.scheduler_partition = "schedulers"
+            c.SlurmClusterConfig.partition = "workers"
+            c.SlurmClusterConfig.scheduler_memory = "1 G"
+            c.SlurmClusterConfig.walltime = "0-01:00:00"
+            """)
+        )
+
+    def start(self):
+        self.write_config()
+        out = run(
+            [
+                "runuser",
+                "-u",
+                SERVICE_ACCOUNT,
+                "--",
+                GATEWAY,
+                "client-config",
+                "-f",
+                str(self.config),
+            ]
+        )
+        assert out.returncode == 0, out.stderr
+        self.client_config.mkdir(exist_ok=True)
+        (self.client_config / "gateway.yaml").write_text(out.stdout)
+        for path in (self.workdir, self.client_config):
+            shutil.chown(path, SERVICE_ACCOUNT)
+        os.chmod(self.workdir, 0o711)
+        os.chmod(self.client_config, 0o755)
+        os.chmod(self.client_config / "gateway.yaml", 0o644)
+        log = open(self.log, "ab")
+        self.proc = subprocess.Popen(
+            ["runuser", "-u", SERVICE_ACCOUNT, "--", GATEWAY, "-f", str(self.config)],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            cwd="/",
+        )
+        ok = wait_until(self._healthy, 30)
+        assert ok, "gateway did not start:\n" + self.log_tail()
+
+    def _healthy(self) -> bool:
+        try:
+            with urllib.request.urlopen(f"http://{PROXY}/api/health", timeout=2) as resp:
+                return resp.status == 200
+        except OSError:
+            return False
+
+    def stop(self):
+        if self.proc and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(30)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+    def log_tail(self, n: int = 60) -> str:
+        return "\n".join(self.log.read_text(errors="replace").splitlines()[-n:])
+
+
+@pytest.fixture(scope="session")
+def gateway():
+    assert run(["sinfo"]).returncode == 0, "no SLURM cluster: run scripts/test.sh"
+    workdir = Path(tempfile.mkdtemp(prefix="slurm-gateway-test-"))
+    gw = Gateway(workdir)
+    gw.start()
+    yield gw
+    gw.stop()
+    leftover = user_jobs(*USERS)
+    assert not leftover, f"orphan SLURM jobs after the tests: {leftover}"
+
+
+@pytest.fixture(autouse=True)
+def no_orphan_jobs(request):
+    """Every end-to-end test leaves no job of alice or bob queued or running."""
+    yield
+    if "gateway" in request.fixturenames:
+        leftover = wait_until(lambda: not user_jobs(*USERS), 30) or user_jobs(*USERS)
+        assert leftover is True, f"jobs left behind: {leftover}"
+
+
+@pytest.fixture
+def as_user(gateway, tmp_path_factory):
+    """Run Python code as a real user with the stock client; returns its JSON result."""
+
+    def _run(user: str, code: str, timeout: float = 240, env: dict | None = None) -> dict:
+        directory = tmp_path_factory.mktemp("client")
+        os.chmod(directory, 0o755)
+        script = directory / "client.py"
+        script.write_text(CLIENT_PRELUDE + textwrap.dedent(code))
+        os.chmod(script, 0o644)
+        home = pwd.getpwnam(user).pw_dir
+        environment = {
+            "PATH": "/usr/bin:/bin",
+            "HOME": home,
+            "USER": user,
+            "LOGNAME": user,
+            "DASK_CONFIG": str(gateway.client_config),
+            **(env or {}),
+        }
+        out = subprocess.run(
+            ["runuser", "-u", user, "--", PYTHON, str(script)],
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            env=environment,
+            cwd=home,
+        )
+        lines = out.stdout.strip().splitlines()
+        if out.returncode != 0 or not lines:
+            raise AssertionError(
+                f"client as {user} exited {out.returncode}\nstdout:\n{out.stdout}\n"
+                f"stderr:\n{out.stderr[-4000:]}\ngateway log:\n{gateway.log_tail()}"
+            )
+        return json.loads(lines[-1])
+
+    return _run
+
+
+# Every client script prints one JSON line at the end with its findings.
+CLIENT_PRELUDE = """\
+import json, os, sys, time
+from dask_gateway import Gateway, GatewayClusterError
+
+def report(**findings):
+    print(json.dumps(findings), flush=True)
+
+def error_of(call, *args, **kwargs):
+    try:
+        call(*args, **kwargs)
+    except Exception as exc:
+        return f"{type(exc).__name__}: {exc}"
+    return None
+"""
+
+
+@pytest.fixture(scope="session")
+def alice_env():
+    """A conda-style prefix of alice's own on shared storage (/depot), like Purdue's.
+
+    It is a venv (own python, sys.prefix is the prefix) with conda-meta/ and an activate.d
+    script, and reuses the default environment's packages through a .pth file.
+    """
+    prefix = Path("/depot/alice/envs/analysis")
+    if not (prefix / "bin" / "python").exists():
+        Path("/depot/alice").mkdir(parents=True, exist_ok=True)
+        shutil.chown("/depot/alice", "alice", "alice")
+        os.chmod("/depot/alice", 0o755)
+        out = run(
+            [
+                "runuser",
+                "-u",
+                "alice",
+                "--",
+                "/usr/bin/python3",
+                "-m",
+                "venv",
+                "--without-pip",
+                str(prefix),
+            ]
+        )
+        assert out.returncode == 0, out.stderr
+        default_site = next((PREFIX / "envs" / "default" / "lib").glob("python3*/site-packages"))
+        site = next((prefix / "lib").glob("python3*/site-packages"))
+        (site / "default-env.pth").write_text(f"{default_site}\n")
+        (prefix / "conda-meta").mkdir()
+        (prefix / "conda-meta" / "history").write_text("")
+        activate_d = prefix / "etc" / "conda" / "activate.d"
+        activate_d.mkdir(parents=True)
+        (activate_d / "analysis.sh").write_text("export ANALYSIS_ACTIVATED=yes\n")
+        run(["chown", "-R", "alice:alice", str(prefix)])
+    return str(prefix)

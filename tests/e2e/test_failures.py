@@ -1,0 +1,100 @@
+"""Failures reach the user with SLURM's facts, and leave nothing behind."""
+
+import subprocess
+import time
+
+import pytest
+from conftest import START_TIMEOUT, run, user_jobs
+
+
+def _alice_job_count() -> int:
+    out = run(
+        [
+            "sacct",
+            "--noheader",
+            "--allocations",
+            "--user=alice",
+            "--starttime=now-1hours",
+            "--format=JobID",
+        ]
+    )
+    return len(out.stdout.split())
+
+
+@pytest.fixture
+def schedulers_partition_down():
+    subprocess.run(["scontrol", "update", "partitionname=schedulers", "state=down"], check=True)
+    yield
+    subprocess.run(["scontrol", "update", "partitionname=schedulers", "state=up"], check=True)
+
+
+def test_scheduler_that_cannot_start_fails_at_the_timeout_with_slurms_reason(
+    as_user, schedulers_partition_down
+):
+    result = as_user(
+        "alice",
+        """
+        started = time.monotonic()
+        error = error_of(Gateway().new_cluster)
+        report(error=error, seconds=time.monotonic() - started)
+        """,
+    )
+    error = result["error"]
+    assert error.startswith("GatewayClusterError"), error
+    assert "did not start within" in error
+    assert "PENDING (reason: PartitionDown" in error
+    assert "the job was cancelled" in error
+    assert START_TIMEOUT - 1 <= result["seconds"] <= START_TIMEOUT + 30
+    job_id = error.split("scheduler job ")[1].split()[0]
+    assert job_id.isdigit()
+    assert user_jobs("alice") == []
+
+
+def test_workers_slurm_refuses_fail_the_cluster_with_sbatchs_message(as_user):
+    result = as_user(
+        "alice",
+        """
+        gateway = Gateway()
+        cluster = gateway.new_cluster(worker_memory=60)
+        cluster.scale(1)
+        error = None
+        deadline = time.monotonic() + 60
+        while error is None and time.monotonic() < deadline:
+            time.sleep(1)
+            error = error_of(gateway.connect, cluster.name)
+        report(error=error)
+        """,
+    )
+    error = result["error"]
+    assert error and error.startswith("GatewayClusterError"), error
+    assert "workers in a row failed to start" in error
+    assert "Requested node configuration is not available" in error
+
+
+@pytest.mark.parametrize(
+    "options, field",
+    [
+        ({"conda_env": "/x; touch /tmp/slurm-gateway-pwned"}, "conda_env"),
+        ({"conda_env": "$(touch /tmp/slurm-gateway-pwned)"}, "conda_env"),
+        ({"conda_env": "relative/env"}, "conda_env"),
+        ({"env": {"BAD NAME": "x"}}, "env"),
+        ({"env": {"GOOD": "a\x00b"}}, "env"),
+        ({"worker_cores": 0}, "worker_cores"),
+        ({"worker_cores": 10**9}, "worker_cores"),
+        ({"worker_memory": -1}, "worker_memory"),
+    ],
+)
+def test_bad_options_are_refused_before_anything_is_submitted(as_user, options, field):
+    before = _alice_job_count()
+    started = time.monotonic()
+    result = as_user(
+        "alice",
+        f"""
+        report(error=error_of(Gateway().new_cluster, **{options!r}))
+        """,
+    )
+    assert time.monotonic() - started < 20
+    assert result["error"] is not None and result["error"].startswith("ValueError"), result
+    assert field in result["error"]
+    assert _alice_job_count() == before, "a job was submitted for a refused request"
+    assert run(["test", "-e", "/tmp/slurm-gateway-pwned"]).returncode != 0

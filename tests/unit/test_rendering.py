@@ -1,0 +1,158 @@
+"""Job scripts: every value quoted, hostile values inert, directives one line each."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from slurm_gateway.rendering import render_job_script, template_environment
+
+HOSTILE = [
+    "/x; touch {marker}",
+    "$(touch {marker})",
+    "`touch {marker}`",
+    "a'b\"c; touch {marker}",
+    "line1\ntouch {marker}\n",
+    "${{IFS}}touch${{IFS}}{marker}",
+    "\\'; touch {marker}; '",
+]
+
+
+def _context(tmp_path, environment, conda_env, **job):
+    return {
+        "role": "worker",
+        "cluster_name": "c0ffee",
+        "job": {
+            "name": "dask-gateway-worker",
+            "comment": "dask-gateway:c0ffee:w1",
+            "log_file": "/var/log/x/worker-%j.log",
+            "chdir": "/var/log/x",
+            "cpus": 1,
+            "memory": "1024M",
+            "walltime": "1-00:00:00",
+            "partition": "workers",
+            "account": "",
+            "qos": "",
+            "reservation": "",
+            "constraint": "",
+            "gres": "",
+            "extra_directives": [],
+            **job,
+        },
+        "conda_env": conda_env,
+        "user_environment": environment,
+        "gateway_environment": {"DASK_GATEWAY_CLUSTER_NAME": "c0ffee"},
+        "tls_cert": "-----BEGIN CERTIFICATE-----\nabc\n-----END CERTIFICATE-----",
+        "tls_key": "-----BEGIN PRIVATE KEY-----\ndef\n-----END PRIVATE KEY-----",
+        "command": ["python", "-c", "import json, os; print(json.dumps(dict(os.environ)))"],
+    }
+
+
+@pytest.fixture
+def fake_env(tmp_path):
+    """A venv-shaped prefix whose python is this interpreter."""
+    prefix = tmp_path / "env"
+    (prefix / "bin").mkdir(parents=True)
+    (prefix / "bin" / "python").symlink_to(sys.executable)
+    return str(prefix)
+
+
+def _run(script, tmp_path):
+    path = tmp_path / "job.sh"
+    path.write_text(script)
+    return subprocess.run(
+        ["bash", str(path)],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        cwd=tmp_path,
+        env={"PATH": "/usr/bin:/bin", "SLURM_JOB_ID": "1", "TMPDIR": str(tmp_path)},
+    )
+
+
+def test_hostile_env_values_arrive_verbatim_and_run_nothing(tmp_path, fake_env):
+    marker = tmp_path / "pwned"
+    environment = {f"V{i}": v.format(marker=marker) for i, v in enumerate(HOSTILE)}
+    script = render_job_script(
+        template_environment(), "worker.sh.j2", _context(tmp_path, environment, fake_env)
+    )
+    result = _run(script, tmp_path)
+    assert result.returncode == 0, result.stderr
+    seen = json.loads(result.stdout.strip().splitlines()[-1])
+    for name, value in environment.items():
+        assert seen[name] == value
+    assert seen["VIRTUAL_ENV"] == fake_env
+    assert seen["DASK_GATEWAY_CLUSTER_NAME"] == "c0ffee"
+    assert not marker.exists()
+
+
+def test_hostile_conda_env_path_runs_nothing(tmp_path):
+    marker = tmp_path / "pwned"
+    for value in HOSTILE:
+        script = render_job_script(
+            template_environment(),
+            "scheduler.sh.j2",
+            _context(tmp_path, {}, value.format(marker=marker)),
+        )
+        result = _run(script, tmp_path)
+        assert result.returncode == 71, (value, result.stderr)
+        assert "has no bin/python" in result.stderr
+        assert not marker.exists(), value
+
+
+def test_tls_credentials_are_private_files_removed_at_exit(tmp_path, fake_env):
+    context = _context(tmp_path, {}, fake_env)
+    context["command"] = [
+        "sh",
+        "-c",
+        'stat -c %a "$DASK_DISTRIBUTED__COMM__TLS__WORKER__KEY"; '
+        'cat "$DASK_DISTRIBUTED__COMM__TLS__CA_FILE"',
+    ]
+    result = _run(render_job_script(template_environment(), "worker.sh.j2", context), tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert "600" in result.stdout and "-----BEGIN CERTIFICATE-----\nabc\n" in result.stdout
+    assert not list(tmp_path.glob("dask-gateway.*")), "credentials left on disk"
+
+
+def test_conda_prefix_runs_activate_scripts(tmp_path, fake_env):
+    os.mkdir(os.path.join(fake_env, "conda-meta"))
+    activate_d = os.path.join(fake_env, "etc", "conda", "activate.d")
+    os.makedirs(activate_d)
+    with open(os.path.join(activate_d, "site.sh"), "w") as f:
+        f.write("export FROM_ACTIVATE_D=yes\n")
+    script = render_job_script(
+        template_environment(), "worker.sh.j2", _context(tmp_path, {}, fake_env)
+    )
+    seen = json.loads(_run(script, tmp_path).stdout.strip().splitlines()[-1])
+    assert seen["CONDA_PREFIX"] == fake_env
+    assert seen["FROM_ACTIVATE_D"] == "yes"
+    assert seen["PATH"].startswith(fake_env + "/bin:")
+
+
+def test_directives_rendered_and_newlines_refused(tmp_path, fake_env):
+    context = _context(
+        tmp_path, {}, fake_env, qos="debug", gres="gpu:1", extra_directives=["--exclusive"]
+    )
+    script = render_job_script(template_environment(), "worker.sh.j2", context)
+    assert "#SBATCH --qos=debug\n" in script
+    assert "#SBATCH --gres=gpu:1\n" in script
+    assert "#SBATCH --exclusive\n" in script
+    assert "#SBATCH --account" not in script
+    bad = _context(tmp_path, {}, fake_env, partition="workers\ntouch /tmp/x")
+    with pytest.raises(ValueError, match="one printable line"):
+        render_job_script(template_environment(), "worker.sh.j2", bad)
+
+
+def test_admin_template_directory_overrides_builtin(tmp_path, fake_env):
+    admin = tmp_path / "admin"
+    admin.mkdir()
+    (admin / "worker.sh.j2").write_text(
+        '{% extends "base.sh.j2" %}{% block command %}echo site-worker {{ cluster_name }}\n'
+        "{% endblock %}"
+    )
+    script = render_job_script(
+        template_environment([admin]), "worker.sh.j2", _context(tmp_path, {}, fake_env)
+    )
+    assert _run(script, tmp_path).stdout.strip().endswith("site-worker c0ffee")

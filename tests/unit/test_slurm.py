@@ -1,0 +1,80 @@
+"""SLURM command building and output parsing, on output captured from Slurm 22.05."""
+
+from slurm_gateway.slurm import (
+    JobInfo,
+    describe_job,
+    parse_sacct,
+    parse_sbatch_output,
+    parse_squeue,
+    squeue_command,
+)
+
+
+def test_sbatch_job_id_with_and_without_cluster_name():
+    assert parse_sbatch_output("4242\n") == "4242"
+    assert parse_sbatch_output("4242;devcluster\n") == "4242"
+
+
+def test_sbatch_without_job_id_is_an_error():
+    try:
+        parse_sbatch_output("sbatch: error: something\n")
+    except ValueError as exc:
+        assert "no job id" in str(exc)
+    else:
+        raise AssertionError("expected ValueError")
+
+
+def test_squeue_selects_jobs_by_name_in_all_states():
+    argv = squeue_command(["dg-scheduler", "dg-worker"], "/usr/bin/squeue")
+    assert argv[0] == "/usr/bin/squeue"
+    assert "--states=all" in argv
+    assert "--name=dg-scheduler,dg-worker" in argv
+
+
+def test_squeue_pending_reason_running_node_and_finished_states():
+    out = (
+        "101|PENDING|Resources|||2026-11-22T12:00:00\n"
+        "102|RUNNING|None|n1|0:05|2026-11-22T11:00:00\n"
+        "103|OUT_OF_MEMORY|OutOfMemory|n2|0:12|2026-11-22T11:00:00\n"
+        "104|PENDING|Nodes required for job are DOWN, DRAINED or reserved|||N/A\n"
+        "garbage line\n"
+    )
+    jobs = parse_squeue(out)
+    assert set(jobs) == {"101", "102", "103", "104"}
+    assert jobs["101"].state == "PENDING" and jobs["101"].reason == "Resources"
+    assert jobs["101"].start_time == "2026-11-22T12:00:00"
+    assert jobs["102"].reason == "" and jobs["102"].nodes == "n1" and jobs["102"].is_active
+    assert jobs["103"].is_terminal and not jobs["103"].is_active
+    assert jobs["104"].reason.startswith("Nodes required") and jobs["104"].start_time == ""
+
+
+def test_sacct_final_states_exit_codes_and_cancelling_user():
+    out = (
+        "201|COMPLETED|0:0|n1|00:00:03|None\n"
+        "202|CANCELLED by 1001|0:15|n3|00:00:09|None\n"
+        "203|OUT_OF_MEMORY|0:125|n2|00:00:12|OutOfMemory\n"
+        "204|FAILED|3:0|n1|00:00:01|NonZeroExitCode\n"
+        "205|CANCELLED by 0|0:0|None assigned|00:00:00|Dependency\n"
+    )
+    jobs = parse_sacct(out)
+    assert jobs["201"].state == "COMPLETED" and jobs["201"].accounted
+    assert jobs["202"].state == "CANCELLED" and jobs["202"].cancelled_by == "1001"
+    assert jobs["203"].exit_code == "0:125"
+    assert jobs["204"].exit_code == "3:0" and jobs["204"].reason == "NonZeroExitCode"
+    assert jobs["205"].nodes == ""
+
+
+def test_describe_pending_and_finished_jobs():
+    pending = JobInfo("7", state="PENDING", reason="JobHeldUser")
+    assert describe_job("scheduler", pending) == "scheduler job 7 PENDING (reason: JobHeldUser)"
+    oom = JobInfo("8", state="OUT_OF_MEMORY", exit_code="0:125", nodes="n1", elapsed="00:00:12")
+    assert describe_job("scheduler", oom) == (
+        "scheduler job 8 OUT_OF_MEMORY (exit 0:125) on n1 after 00:00:12"
+    )
+
+
+def test_merge_keeps_facts_the_newer_report_lacks():
+    queued = JobInfo("9", state="RUNNING", nodes="n2", elapsed="0:30")
+    accounted = JobInfo("9", state="FAILED", exit_code="1:0", accounted=True)
+    merged = queued.merged(accounted)
+    assert (merged.state, merged.nodes, merged.exit_code) == ("FAILED", "n2", "1:0")
