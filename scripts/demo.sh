@@ -4,6 +4,7 @@
 #   scripts/demo.sh         bring everything up, run examples/quickstart.py as alice
 #   scripts/demo.sh stop    stop the gateway (scripts/dev-cluster.sh down stops SLURM)
 set -euo pipefail
+export PATH="/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin:$PATH"
 repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 venv=/opt/slurm-gateway/venv
 pidfile=/run/slurm-gateway/gateway.pid

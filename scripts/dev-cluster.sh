@@ -33,7 +33,7 @@
 #   SLURM_NODE_MEMORY       RealMemory (MB) per node                [min(7000, 90% of RAM / nodes)]
 #   SLURM_CGROUP            auto | yes | no  (cgroup v1 enforcement) [auto]
 #   SLURM_DB_PASSWORD       MariaDB password of user slurm          [kept in slurmdbd.conf, else random]
-#   SLURM_GATEWAY_CMD       command of "role gateway"               [slurm-gateway]
+#   SLURM_GATEWAY_CMD       command of "role gateway" (run as slurmgw) [slurm-gateway]
 set -euo pipefail
 
 # ---------------------------------------------------------------------------
@@ -279,18 +279,19 @@ create_users() {
 }
 
 # The sudo rule of the service account. This heredoc is the one copy of the
-# rule text; the README quotes it. The service account may run exactly
-# sbatch, scancel and mkdir, without a password, as a member of dask-users and
-# never as root (the "!root" keeps it so even if root joined the group).
+# rule text; the README quotes it. The service account may run exactly sbatch,
+# scancel, mkdir and tail (reading a failed job's log), without a password, as a
+# member of dask-users and never as root (the "!root" keeps it so even if root
+# joined the group).
 sudoers_rule() {
     cat <<'EOF'
 # /etc/sudoers.d/slurm-gateway (installed by scripts/dev-cluster.sh)
-# slurm-gateway submits, cancels and prepares jobs as the user who owns them.
-# Its service account (slurmgw) may run exactly these three programs, with any
-# arguments and without a password, as a member of the dask-users group, and
-# never as root or as a user outside that group.
+# slurm-gateway submits, cancels and prepares jobs, and reads their logs, as the
+# user who owns them. Its service account (slurmgw) may run exactly these four
+# programs, with any arguments and without a password, as a member of the
+# dask-users group, and never as root or as a user outside that group.
 Defaults:slurmgw !requiretty
-slurmgw ALL = (%dask-users, !root) NOPASSWD: /usr/bin/sbatch, /usr/bin/scancel, /usr/bin/mkdir
+slurmgw ALL = (%dask-users, !root) NOPASSWD: /usr/bin/sbatch, /usr/bin/scancel, /usr/bin/mkdir, /usr/bin/tail
 EOF
 }
 
@@ -476,9 +477,9 @@ node_memory() {
     local total_kb per
     total_kb=$(awk '/^MemTotal:/ {print $2}' /proc/meminfo)
     if [[ $SLURM_LAYOUT == single ]]; then
-        per=$((total_kb / 1024 * 9 / 10 / ${#NODES[@]}))
+        per=$((total_kb * 9 / 10 / 1024 / ${#NODES[@]}))
     else
-        per=$((total_kb / 1024 * 9 / 10))
+        per=$((total_kb * 9 / 10 / 1024))
     fi
     ((per > 7000)) && per=7000
     ((per < 1000)) && per=1000
@@ -781,7 +782,7 @@ cmd_up() {
     t1=$(now)
     local cg="cgroup/v1"
     ((CGROUP_ACTIVE)) || cg="no cgroups (fallback)"
-    printf 'dev-cluster up in %.1fs: cluster %s, slurmctld %s:6817, slurmdbd %s:6819 (MariaDB 127.0.0.1:3306), nodes %s idle, partitions workers=%s schedulers=%s, %s, users %s in %s, service account %s\n' \
+    printf 'dev-cluster up in %.1fs: cluster %s, slurmctld %s:6817, slurmdbd %s:6819 (MariaDB 127.0.0.1:3306), nodes %s up, partitions workers=%s schedulers=%s, %s, users %s in %s, service account %s\n' \
         "$(awk -v a="$t0" -v b="$t1" 'BEGIN {print b - a}')" "$CLUSTER_NAME" "${CONTROLLER_ADDR:-$CONTROLLER_HOST}" \
         "$DBD_HOST" "$(join_by , "${NODES[@]}")" "$(join_by , "${NODES[@]}")" "$(join_by , "${SCHEDULER_NODES[@]}")" \
         "$cg" "$(join_by , "${DASK_USERS[@]}")" "$DASK_GROUP" "$SERVICE_USER"

@@ -4,6 +4,7 @@
 # service account and its sudo rule, the job and gateway environments -- then runs pytest.
 # Extra arguments go to pytest, e.g. `scripts/test.sh tests/unit -q`.
 set -euo pipefail
+export PATH="/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin:$PATH"
 repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 
 bash "$repo/scripts/dev-cluster.sh" up

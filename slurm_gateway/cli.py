@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import socket
 import sys
 
@@ -54,6 +55,8 @@ class ClientConfig(Application):
         return socket.getfqdn()
 
     def start(self):
+        if not os.access(self.config_file, os.R_OK):
+            self.exit(f"cannot read the gateway config {self.config_file}")
         self.load_config_file(self.config_file)
         proxy = self.config.Proxy
         host, _, port = str(proxy.get("address", ":8000")).rpartition(":")

@@ -23,6 +23,7 @@ import pytest
 PREFIX = Path("/opt/slurm-gateway")
 PYTHON = str(PREFIX / "venv" / "bin" / "python")
 GATEWAY = str(PREFIX / "venv" / "bin" / "slurm-gateway")
+RUNUSER = "/usr/sbin/runuser"
 SERVICE_ACCOUNT = "slurmgw"
 USERS = ("alice", "bob")
 PROXY = "127.0.0.1:18000"
@@ -79,29 +80,20 @@ class Gateway:
 
     def start(self):
         self.write_config()
-        out = run(
-            [
-                "runuser",
-                "-u",
-                SERVICE_ACCOUNT,
-                "--",
-                GATEWAY,
-                "client-config",
-                "-f",
-                str(self.config),
-            ]
-        )
-        assert out.returncode == 0, out.stderr
         self.client_config.mkdir(exist_ok=True)
-        (self.client_config / "gateway.yaml").write_text(out.stdout)
-        for path in (self.workdir, self.client_config):
+        for path in (self.workdir, self.config):
             shutil.chown(path, SERVICE_ACCOUNT)
         os.chmod(self.workdir, 0o711)
         os.chmod(self.client_config, 0o755)
+        out = run(
+            [RUNUSER, "-u", SERVICE_ACCOUNT, "--", GATEWAY, "client-config", "-f", str(self.config)]
+        )
+        assert out.returncode == 0, out.stderr
+        (self.client_config / "gateway.yaml").write_text(out.stdout)
         os.chmod(self.client_config / "gateway.yaml", 0o644)
         log = open(self.log, "ab")
         self.proc = subprocess.Popen(
-            ["runuser", "-u", SERVICE_ACCOUNT, "--", GATEWAY, "-f", str(self.config)],
+            [RUNUSER, "-u", SERVICE_ACCOUNT, "--", GATEWAY, "-f", str(self.config)],
             stdout=log,
             stderr=subprocess.STDOUT,
             cwd="/",
@@ -151,11 +143,11 @@ def no_orphan_jobs(request):
 
 
 @pytest.fixture
-def as_user(gateway, tmp_path_factory):
+def as_user(gateway):
     """Run Python code as a real user with the stock client; returns its JSON result."""
 
     def _run(user: str, code: str, timeout: float = 240, env: dict | None = None) -> dict:
-        directory = tmp_path_factory.mktemp("client")
+        directory = Path(tempfile.mkdtemp(prefix="slurm-gateway-client-"))
         os.chmod(directory, 0o755)
         script = directory / "client.py"
         script.write_text(CLIENT_PRELUDE + textwrap.dedent(code))
@@ -170,7 +162,7 @@ def as_user(gateway, tmp_path_factory):
             **(env or {}),
         }
         out = subprocess.run(
-            ["runuser", "-u", user, "--", PYTHON, str(script)],
+            [RUNUSER, "-u", user, "--", PYTHON, str(script)],
             capture_output=True,
             text=True,
             timeout=timeout,
@@ -219,7 +211,7 @@ def alice_env():
         os.chmod("/depot/alice", 0o755)
         out = run(
             [
-                "runuser",
+                RUNUSER,
                 "-u",
                 "alice",
                 "--",

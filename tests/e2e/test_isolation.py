@@ -30,16 +30,16 @@ def test_bob_cannot_list_connect_scale_or_stop_alices_cluster(as_user):
         assert name not in bob["listed"]
         for action in ("connect", "scale", "adapt", "stop"):
             assert bob[action] is not None, f"bob could {action} alice's cluster"
-            assert "lacks permissions" in bob[action] or "not found" in bob[action], bob[action]
+            assert "403" in bob[action] or "lacks permissions" in bob[action], bob[action]
         # alice's cluster is untouched: still running, no workers were started for bob
         assert [line for line in user_jobs("alice") if "worker" in line] == []
         after = as_user(
             "alice",
             f"""
             gateway = Gateway()
-            report(status=gateway.connect({name!r}).status)
+            report(status=[c.status.name for c in gateway.list_clusters() if c.name == {name!r}])
             """,
         )
-        assert after["status"] == "RUNNING"
+        assert after["status"] == ["RUNNING"]
     finally:
         as_user("alice", f"Gateway().stop_cluster({name!r}); report()")

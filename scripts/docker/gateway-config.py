@@ -1,0 +1,24 @@
+# slurm-gateway config for the containers of docker-compose.slurm.yml (mounted as
+# /etc/slurm-gateway/config.py in the "gateway" service). Same as
+# scripts/dev-gateway-config.py except for addresses: here the scheduler and worker
+# jobs run in other containers (c1, c2), so nothing can be loopback-only.
+# Users are identified by basic auth (username only): a demo, never a site.
+c = get_config()  # noqa: F821
+
+c.SlurmGateway.address = "127.0.0.1:8001"  # private API, reached through the proxy
+# Inside the container on all interfaces; compose publishes it on the host's
+# 127.0.0.1:8000 only.
+c.Proxy.address = "0.0.0.0:8000"
+c.SlurmGateway.authenticator_class = "dask_gateway_server.auth.SimpleAuthenticator"
+
+# Schedulers/workers listen on their node container's address and reach the
+# gateway API through the proxy by the gateway's service name.
+c.SlurmBackend.listen_host = ""
+c.SlurmBackend.api_url = "http://gateway:8000/api"
+c.SlurmBackend.slurm_poll_period = 2
+
+c.SlurmClusterConfig.conda_env = "/opt/slurm-gateway/envs/default"
+c.SlurmClusterConfig.scheduler_partition = "schedulers"
+c.SlurmClusterConfig.partition = "workers"
+c.SlurmClusterConfig.scheduler_cores = 1
+c.SlurmClusterConfig.scheduler_memory = "1 G"
