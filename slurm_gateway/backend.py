@@ -129,6 +129,12 @@ class SlurmBackend(DBBackendBase):
     def _default_cluster_start_timeout(self):
         return 120.0
 
+    @default("check_timeouts_period")
+    def _default_check_timeouts_period(self):
+        # The base class checks every min(20 s, shortest timeout / 2); time-outs are
+        # reported with how long was waited, so check often enough for that to be close.
+        return min(5.0, self.cluster_start_timeout / 4, self.cluster_heartbeat_timeout / 4)
+
     @default("cluster_status_period")
     def _default_cluster_status_period(self):
         return self.slurm_poll_period
@@ -256,9 +262,7 @@ class SlurmBackend(DBBackendBase):
         if cluster.target == JobStatus.FAILED and "failure" not in cluster.state:
             reason = await self._explain_failure(cluster)
             self.db.update_cluster(cluster, state={**cluster.state, "failure": reason})
-            self.log.warning(
-                "Cluster %s of user %s failed: %s", cluster.name, cluster.username, reason
-            )
+            self.log.warning("User %s: %s", cluster.username, reason)
         self._scheduler_jobs.pop(scheduler_job, None)
         try:
             await self._cancel(cluster.username, job_ids)
@@ -429,7 +433,7 @@ class SlurmBackend(DBBackendBase):
     async def _last_log_line(self, username: str, path: str) -> str:
         result = await self.runner.run([self.tail, "-n", "20", "--", path], user=username)
         lines = [line.strip() for line in result.stdout.splitlines() if line.strip()]
-        return lines[-1][:500] if result.ok and lines else ""
+        return lines[-1][:500].rstrip(".") if result.ok and lines else ""
 
     # -- API -----------------------------------------------------------------------------
 

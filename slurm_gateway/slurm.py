@@ -54,6 +54,8 @@ _SQUEUE_FORMAT = "%i|%T|%r|%N|%M|%S"
 _SACCT_FIELDS = ("job_id", "state", "exit_code", "nodes", "elapsed", "reason")
 _SACCT_FORMAT = "JobID,State,ExitCode,NodeList,Elapsed,Reason"
 _JOB_ID = re.compile(r"^\d+$")
+# Reasons sacct gives for ended jobs that only repeat the state or exit code.
+_ECHOED_REASONS = frozenset({"", "None", "NonZeroExitCode", "OutOfMemory", "TimeLimit"})
 
 
 @dataclass(frozen=True)
@@ -183,7 +185,7 @@ def describe_job(role: str, info: JobInfo) -> str:
             text += f" by uid {info.cancelled_by}"
         if info.exit_code and info.is_terminal:
             text += f" (exit {info.exit_code})"
-        if info.reason and info.is_terminal:
+        if info.is_terminal and info.reason not in _ECHOED_REASONS:
             text += f" (reason: {info.reason})"
         if info.nodes:
             text += f" on {info.nodes}"

@@ -26,8 +26,6 @@ GATEWAY = str(PREFIX / "venv" / "bin" / "slurm-gateway")
 RUNUSER = "/usr/sbin/runuser"
 SERVICE_ACCOUNT = "slurmgw"
 USERS = ("alice", "bob")
-PROXY = "127.0.0.1:18000"
-API = "127.0.0.1:18001"
 START_TIMEOUT = 25  # the scheduler start timeout of the test gateway, seconds
 
 
@@ -54,8 +52,11 @@ def wait_until(predicate, timeout: float, interval: float = 0.5):
 class Gateway:
     """The gateway process under test."""
 
-    def __init__(self, workdir: Path):
+    def __init__(self, workdir: Path, port: int, extra_config: str = ""):
         self.workdir = workdir
+        self.proxy = f"127.0.0.1:{port}"
+        self.api = f"127.0.0.1:{port + 1}"
+        self.extra_config = textwrap.dedent(extra_config)
         self.config = workdir / "config.py"
         self.log = workdir / "gateway.log"
         self.client_config = workdir / "dask"
@@ -65,8 +66,8 @@ class Gateway:
         self.config.write_text(
             textwrap.dedent(f"""
             c = get_config()
-            c.SlurmGateway.address = "{API}"
-            c.Proxy.address = "{PROXY}"
+            c.SlurmGateway.address = "{self.api}"
+            c.Proxy.address = "{self.proxy}"
             c.SlurmBackend.state_directory = "{self.workdir / "state"}"
             c.SlurmBackend.listen_host = "127.0.0.1"
             c.SlurmBackend.slurm_poll_period = 1
@@ -76,6 +77,7 @@ class Gateway:
             c.SlurmClusterConfig.scheduler_memory = "1 G"
             c.SlurmClusterConfig.walltime = "0-01:00:00"
             """)
+            + self.extra_config
         )
 
     def start(self):
@@ -103,7 +105,7 @@ class Gateway:
 
     def _healthy(self) -> bool:
         try:
-            with urllib.request.urlopen(f"http://{PROXY}/api/health", timeout=2) as resp:
+            with urllib.request.urlopen(f"http://{self.proxy}/api/health", timeout=2) as resp:
                 return resp.status == 200
         except OSError:
             return False
@@ -124,13 +126,32 @@ class Gateway:
 @pytest.fixture(scope="session")
 def gateway():
     assert run(["sinfo"]).returncode == 0, "no SLURM cluster: run scripts/test.sh"
-    workdir = Path(tempfile.mkdtemp(prefix="slurm-gateway-test-"))
-    gw = Gateway(workdir)
+    gw = Gateway(Path(tempfile.mkdtemp(prefix="slurm-gateway-test-")), 18000)
     gw.start()
     yield gw
     gw.stop()
     leftover = user_jobs(*USERS)
     assert not leftover, f"orphan SLURM jobs after the tests: {leftover}"
+
+
+@pytest.fixture
+def make_gateway(gateway):
+    """Start another gateway with extra admin config lines; it is stopped after the test."""
+    started = []
+
+    def _make(extra_config: str) -> Gateway:
+        gw = Gateway(
+            Path(tempfile.mkdtemp(prefix="slurm-gateway-test-")),
+            18100 + 10 * len(started),
+            extra_config,
+        )
+        started.append(gw)
+        gw.start()
+        return gw
+
+    yield _make
+    for gw in started:
+        gw.stop()
 
 
 @pytest.fixture(autouse=True)
@@ -146,7 +167,14 @@ def no_orphan_jobs(request):
 def as_user(gateway):
     """Run Python code as a real user with the stock client; returns its JSON result."""
 
-    def _run(user: str, code: str, timeout: float = 240, env: dict | None = None) -> dict:
+    def _run(
+        user: str,
+        code: str,
+        timeout: float = 240,
+        env: dict | None = None,
+        via: Gateway | None = None,
+    ) -> dict:
+        via = via or gateway
         directory = Path(tempfile.mkdtemp(prefix="slurm-gateway-client-"))
         os.chmod(directory, 0o755)
         script = directory / "client.py"
@@ -158,7 +186,7 @@ def as_user(gateway):
             "HOME": home,
             "USER": user,
             "LOGNAME": user,
-            "DASK_CONFIG": str(gateway.client_config),
+            "DASK_CONFIG": str(via.client_config),
             **(env or {}),
         }
         out = subprocess.run(
@@ -173,7 +201,7 @@ def as_user(gateway):
         if out.returncode != 0 or not lines:
             raise AssertionError(
                 f"client as {user} exited {out.returncode}\nstdout:\n{out.stdout}\n"
-                f"stderr:\n{out.stderr[-4000:]}\ngateway log:\n{gateway.log_tail()}"
+                f"stderr:\n{out.stderr[-4000:]}\ngateway log:\n{via.log_tail()}"
             )
         return json.loads(lines[-1])
 

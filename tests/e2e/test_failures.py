@@ -4,7 +4,7 @@ import subprocess
 import time
 
 import pytest
-from conftest import START_TIMEOUT, run, user_jobs
+from conftest import START_TIMEOUT, run, user_jobs, wait_until
 
 
 def _alice_job_count() -> int:
@@ -98,3 +98,55 @@ def test_bad_options_are_refused_before_anything_is_submitted(as_user, options, 
     assert field in result["error"]
     assert _alice_job_count() == before, "a job was submitted for a refused request"
     assert run(["test", "-e", "/tmp/slurm-gateway-pwned"]).returncode != 0
+
+
+NEW_CLUSTER = """
+started = time.monotonic()
+error = error_of(Gateway().new_cluster)
+report(error=error, seconds=time.monotonic() - started)
+"""
+
+
+def test_held_scheduler_fails_at_the_timeout_naming_job_and_reason(as_user, make_gateway):
+    gw = make_gateway('c.SlurmClusterConfig.scheduler_extra_directives = ["--hold"]\n')
+    result = as_user("alice", NEW_CLUSTER, via=gw)
+    error = result["error"]
+    assert error.startswith("GatewayClusterError"), error
+    assert "PENDING (reason: JobHeldUser)" in error
+    assert "did not start within" in error and "the job was cancelled" in error
+    assert START_TIMEOUT - 1 <= result["seconds"] <= START_TIMEOUT + 30
+
+
+def test_impossible_scheduler_request_fails_at_once_with_slurms_message(as_user, make_gateway):
+    gw = make_gateway('c.SlurmClusterConfig.scheduler_memory = "100 G"\n')
+    result = as_user("alice", NEW_CLUSTER, via=gw)
+    error = result["error"]
+    assert error.startswith("GatewayClusterError"), error
+    assert "Requested node configuration is not available" in error
+    assert result["seconds"] < 15
+
+
+def test_scheduler_exiting_non_zero_reports_exit_code_and_last_log_line(as_user, make_gateway):
+    gw = make_gateway(
+        "c.SlurmClusterConfig.scheduler_cmd = ['python', '-c', "
+        "'import sys; print(\"scheduler broke: bad site config\"); sys.exit(3)']\n"
+    )
+    result = as_user("alice", NEW_CLUSTER, via=gw)
+    error = result["error"]
+    assert error.startswith("GatewayClusterError"), error
+    assert "FAILED (exit 3:0)" in error
+    assert "last log line: scheduler broke: bad site config" in error
+    assert result["seconds"] < 20
+
+
+def test_scheduler_out_of_memory_is_named(as_user, make_gateway):
+    gw = make_gateway('c.SlurmClusterConfig.scheduler_memory = "40 M"\n')
+    result = as_user("alice", NEW_CLUSTER, via=gw)
+    assert "OUT_OF_MEMORY" in result["error"], result["error"]
+
+
+def test_idle_cluster_shuts_itself_down(as_user, make_gateway):
+    gw = make_gateway("c.SlurmClusterConfig.idle_timeout = 5\n")
+    as_user("alice", "Gateway().new_cluster(shutdown_on_close=False); report()", via=gw)
+    assert user_jobs("alice"), "the cluster should be running at first"
+    assert wait_until(lambda: not user_jobs("alice"), 40), user_jobs("alice")

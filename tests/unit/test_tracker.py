@@ -1,0 +1,87 @@
+"""Job tracking: one squeue per poll for all jobs, sacct only for jobs that left the queue,
+and an unreachable SLURM never turns into a failure."""
+
+import asyncio
+
+from slurm_gateway.tracker import JobTracker
+from slurm_gateway.transport import CommandResult
+
+
+class FakeSlurm:
+    """Answers squeue/sacct from scripted output and records every call."""
+
+    def __init__(self):
+        self.squeue = ""
+        self.sacct = ""
+        self.squeue_rc = 0
+        self.calls = []
+
+    async def run(self, argv):
+        self.calls.append(argv[0])
+        if argv[0] == "squeue":
+            return CommandResult(argv, self.squeue_rc, self.squeue, "slurm_load_jobs error")
+        return CommandResult(argv, 0, self.sacct, "")
+
+
+def _tracker(slurm):
+    return JobTracker(slurm.run, job_names=["dg-scheduler", "dg-worker"])
+
+
+def test_one_squeue_per_poll_whatever_the_number_of_jobs():
+    slurm = FakeSlurm()
+    tracker = _tracker(slurm)
+    for i in range(500):
+        tracker.track(str(i))
+    slurm.squeue = "".join(f"{i}|RUNNING|None|n1|1:00|N/A\n" for i in range(500))
+    assert asyncio.run(tracker.poll()) == []
+    assert slurm.calls == ["squeue"]
+    assert tracker.get("499").state == "RUNNING"
+
+
+def test_finished_job_is_reported_once_with_its_accounting():
+    slurm = FakeSlurm()
+    tracker = _tracker(slurm)
+    tracker.track("7")
+    slurm.squeue = "7|RUNNING|None|n2|0:10|N/A\n"
+    asyncio.run(tracker.poll())
+    slurm.squeue = "7|OUT_OF_MEMORY|OutOfMemory|n2|0:12|N/A\n"
+    slurm.sacct = "7|OUT_OF_MEMORY|0:125|n2|00:00:12|None\n"
+    finished = asyncio.run(tracker.poll())
+    assert [(f.job_id, f.state, f.exit_code, f.nodes) for f in finished] == [
+        ("7", "OUT_OF_MEMORY", "0:125", "n2")
+    ]
+    assert asyncio.run(tracker.poll()) == []  # accounted: not asked about again
+    assert slurm.calls == ["squeue", "squeue", "sacct"]
+
+
+def test_slurm_outage_keeps_last_known_states():
+    slurm = FakeSlurm()
+    tracker = _tracker(slurm)
+    tracker.track("8")
+    slurm.squeue = "8|RUNNING|None|n1|0:10|N/A\n"
+    asyncio.run(tracker.poll())
+    slurm.squeue_rc = 1
+    assert asyncio.run(tracker.poll()) == []
+    assert tracker.get("8").state == "RUNNING" and tracker.get("8").is_active
+    assert not tracker.slurm_available
+    slurm.squeue_rc = 0
+    asyncio.run(tracker.poll())
+    assert tracker.slurm_available
+
+
+def test_job_purged_from_queue_and_accounting_is_unknown_not_failed():
+    slurm = FakeSlurm()
+    tracker = _tracker(slurm)
+    tracker.track("9")
+    finished = asyncio.run(tracker.poll())
+    assert finished == []
+    assert tracker.get("9").state == "UNKNOWN" and tracker.get("9").is_active
+
+
+def test_forgotten_jobs_are_not_polled():
+    slurm = FakeSlurm()
+    tracker = _tracker(slurm)
+    tracker.track("10")
+    tracker.forget(["10"])
+    asyncio.run(tracker.poll())
+    assert slurm.calls == []
