@@ -27,11 +27,11 @@ build_env() {
 
 mkdir -p "$prefix/envs"
 build_env "$prefix/envs/default" \
-    "$(sha256sum "$repo/conda_envs/default-requirements.txt")" \
+    "$(sha256sum < "$repo/conda_envs/default-requirements.txt")" \
     -r "$repo/conda_envs/default-requirements.txt"
 
 # The gateway venv: dependencies when pyproject.toml changes, the project itself every time.
-build_env "$prefix/venv" "$(sha256sum "$repo/pyproject.toml")" "$repo[test]"
+build_env "$prefix/venv" "$(sha256sum < "$repo/pyproject.toml")" "$repo[test]"
 "$prefix/venv/bin/pip" install --quiet --no-deps --force-reinstall "$repo"
 
 chmod -R a+rX "$prefix"
