@@ -286,12 +286,12 @@ create_users() {
 sudoers_rule() {
     cat <<'EOF'
 # /etc/sudoers.d/slurm-gateway (installed by scripts/dev-cluster.sh)
-# slurm-gateway submits, cancels and prepares jobs, and reads their logs, as the
-# user who owns them. Its service account (slurmgw) may run exactly these four
-# programs, with any arguments and without a password, as a member of the
-# dask-users group, and never as root or as a user outside that group.
+# slurm-gateway submits, cancels and prepares jobs, reads their logs and checks job
+# environments, as the user who owns them. Its service account (slurmgw) may run
+# exactly these five programs, with any arguments and without a password, as a
+# member of the dask-users group, and never as root or as a user outside that group.
 Defaults:slurmgw !requiretty
-slurmgw ALL = (%dask-users, !root) NOPASSWD: /usr/bin/sbatch, /usr/bin/scancel, /usr/bin/mkdir, /usr/bin/tail
+slurmgw ALL = (%dask-users, !root) NOPASSWD: /usr/bin/sbatch, /usr/bin/scancel, /usr/bin/mkdir, /usr/bin/tail, /opt/slurm-gateway/venv/bin/slurm-gateway-env-check
 EOF
 }
 

@@ -3,29 +3,37 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import math
 import os
 import pwd
 import stat
+import sys
+import time
 from pathlib import Path
 
 from aiohttp import web
 from cryptography.fernet import Fernet
+from dask_gateway_server import __version__ as dask_gateway_server_version
 from dask_gateway_server.backends.base import PublicException
 from dask_gateway_server.backends.db_base import DBBackendBase, JobStatus
 from dask_gateway_server.traitlets import Type
 from dask_gateway_server.utils import timestamp
-from traitlets import Float, List, Unicode, default
+from traitlets import Bool, Float, List, Unicode, default
 
+from .envcheck import env_problem
 from .options import DEFAULT_ENVIRONMENT_DENY, check_conda_env, default_options, filter_environment
 from .rendering import render_job_script, template_environment
 from .slurm import (
+    NOT_THE_JOBS_FAULT,
     UNKNOWN,
     JobInfo,
     describe_job,
+    format_walltime,
     parse_sbatch_output,
     sbatch_command,
     scancel_command,
+    walltime_seconds,
 )
 from .tracker import JobTracker
 
@@ -103,6 +111,45 @@ class SlurmBackend(DBBackendBase):
         config=True,
     )
 
+    env_check = Unicode(
+        help="""Path of ``slurm-gateway-env-check`` (run as the user through sudo to check a
+        ``conda_env`` before submitting). Default: the one installed beside the gateway.""",
+        config=True,
+    )
+
+    @default("env_check")
+    def _default_env_check(self):
+        return os.path.join(sys.prefix, "bin", "slurm-gateway-env-check")
+
+    check_environments = Bool(
+        True,
+        help="""Check, as the user and before submitting, that the cluster's ``conda_env``
+        exists and holds dask, distributed and dask-gateway matching this gateway.""",
+        config=True,
+    )
+
+    queue_aware_start = Bool(
+        False,
+        help="""If True, ``cluster_start_timeout`` counts from when the scheduler job starts
+        RUNNING, and a scheduler may wait in the queue for ``scheduler_queue_timeout``.
+        If False (default), it counts from the cluster's creation, queue wait included.""",
+        config=True,
+    )
+
+    scheduler_queue_timeout = Float(
+        3600,
+        help="Seconds a scheduler job may wait in the queue when ``queue_aware_start`` is on.",
+        config=True,
+    )
+
+    worker_walltime_margin = Float(
+        300,
+        help="""Workers leave gracefully this many seconds (at most a quarter of their
+        walltime) before their job's walltime, so that their data moves to other workers;
+        the gateway starts a replacement while the cluster has time left.""",
+        config=True,
+    )
+
     state_directory = Unicode(
         "/var/lib/slurm-gateway",
         help="Directory of the gateway's database and encryption keys (mode 0700).",
@@ -128,6 +175,10 @@ class SlurmBackend(DBBackendBase):
     @default("cluster_start_timeout")
     def _default_cluster_start_timeout(self):
         return 120.0
+
+    @default("worker_start_timeout")
+    def _default_worker_start_timeout(self):
+        return 120.0  # counted from when the worker's job starts RUNNING, see _check_timeouts
 
     @default("check_timeouts_period")
     def _default_check_timeouts_period(self):
@@ -166,22 +217,33 @@ class SlurmBackend(DBBackendBase):
             sacct=self.sacct,
             log=self.log,
         )
-        self._scheduler_jobs: dict[str, str] = {}
+        # job id -> (cluster name, worker name or None for the scheduler)
+        self._job_owners: dict[str, tuple[str, str | None]] = {}
         for cluster in self.db.active_clusters():
-            self._track_cluster_jobs(cluster)
+            self._track(cluster.state.get("job_id"), cluster)
+            for worker in cluster.workers.values():
+                if worker.status < JobStatus.STOPPED:
+                    self._track(worker.state.get("job_id"), cluster, worker)
         self.task_pool.spawn(self._poll_loop())
 
-    def _track_cluster_jobs(self, cluster):
-        job_id = cluster.state.get("job_id")
+    def _track(self, job_id: str | None, cluster, worker=None):
         if job_id:
             self.tracker.track(job_id)
-            self._scheduler_jobs[job_id] = cluster.name
-        for worker in cluster.workers.values():
-            if worker.status < JobStatus.STOPPED and worker.state.get("job_id"):
-                self.tracker.track(worker.state["job_id"])
+            self._job_owners[job_id] = (cluster.name, worker.name if worker else None)
+
+    def _forget(self, job_ids: list[str]):
+        self.tracker.forget(job_ids)
+        for job_id in job_ids:
+            self._job_owners.pop(job_id, None)
+
+    def _job_info(self, obj) -> JobInfo | None:
+        job_id = obj.state.get("job_id")
+        return self.tracker.get(job_id) if job_id else None
 
     async def process_cluster_options(self, user, request):
-        """Check the resulting config whatever options the admin defined (see options.py)."""
+        """Check the resulting config whatever options the admin defined (see options.py),
+        then, as the user, the job environment and the log directory: a bad request fails
+        here in seconds, before anything is submitted."""
         options, config = await super().process_cluster_options(user, request)
         try:
             config.conda_env = check_conda_env(config.conda_env)
@@ -192,7 +254,23 @@ class SlurmBackend(DBBackendBase):
             raise PublicException(str(exc)) from None
         if dropped:
             self.log.info("Not forwarding env %s for user %s", sorted(dropped), user.name)
+        user_log_directory = config.log_directory.format(username=user.name)
+        checks = [self._prepare_user_log_directory(user.name, user_log_directory)]
+        if self.check_environments:
+            checks.append(self._check_environment(user.name, config.conda_env))
+        try:
+            await asyncio.gather(*checks)
+        except (SlurmError, ValueError) as exc:
+            raise PublicException(str(exc)) from None
         return options, config
+
+    async def _check_environment(self, username: str, prefix: str):
+        result = await self.runner.run([self.env_check, prefix], user=username)
+        if not result.ok:
+            raise SlurmError(f"cannot check conda_env {prefix}: {result.summary()}")
+        problem = env_problem(prefix, json.loads(result.stdout), dask_gateway_server_version)
+        if problem:
+            raise ValueError(problem)
 
     # -- polling ---------------------------------------------------------------------------
 
@@ -208,30 +286,91 @@ class SlurmBackend(DBBackendBase):
 
     async def _poll_slurm(self):
         for info in await self.tracker.poll():
-            cluster_name = self._scheduler_jobs.get(info.job_id)
+            cluster_name, worker_name = self._job_owners.get(info.job_id, (None, None))
             cluster = self.db.get_cluster(cluster_name) if cluster_name else None
-            if cluster is not None and cluster.target <= JobStatus.RUNNING:
-                # A running cluster is otherwise only noticed when heartbeats stop.
+            if cluster is None or cluster.target > JobStatus.RUNNING:
+                continue
+            if worker_name is None:
+                # A running cluster would otherwise only be noticed when heartbeats stop.
                 self.log.info("Scheduler job %s of cluster %s ended", info.job_id, cluster.name)
                 await self.stop_cluster(cluster.name, failed=True)
+            elif info.state in NOT_THE_JOBS_FAULT:
+                worker = cluster.workers.get(worker_name)
+                if worker is not None and worker.target == JobStatus.RUNNING:
+                    self.log.info(
+                        "Cluster %s: %s; replacing it (not counted as a failure)",
+                        cluster.name,
+                        describe_job("worker", info),
+                    )
+                    self.db.update_worker(worker, target=JobStatus.FAILED)
+                    self.queue.put(worker)
 
     def _is_alive(self, obj) -> bool:
-        job_id = obj.state.get("job_id")
-        info = self.tracker.get(job_id) if job_id else None
-        return info is None or info.is_active
+        info = self._job_info(obj)
+        return info is None or info.is_active or info.state in NOT_THE_JOBS_FAULT
 
     async def do_check_clusters(self, clusters):
         return [self._is_alive(c) for c in clusters]
 
     async def do_check_workers(self, workers):
+        # Jobs that ended through no fault of their own are replaced by _poll_slurm instead,
+        # so that they do not count against the cluster's failure limit.
         return [self._is_alive(w) for w in workers]
+
+    async def _check_timeouts(self):
+        # Replaces the stock check, which counts queue wait against start timeouts: it
+        # cancels schedulers and workers merely waiting in a busy queue, and re-submits the
+        # workers at the back of it. Here a worker's start timeout counts from when SLURM
+        # started its job; a scheduler's from the cluster's creation (the default, so that
+        # users hear within 2 minutes) or, with queue_aware_start, from its job's start.
+        now = time.time()
+        heartbeat_cutoff = timestamp() - self.cluster_heartbeat_timeout * 1000
+        cluster_updates, worker_updates = [], []
+        for cluster in self.db.active_clusters():
+            if cluster.status == JobStatus.SUBMITTED:
+                if self._scheduler_timed_out(cluster, now):
+                    self.log.info("Cluster %s startup timed out", cluster.name)
+                    cluster_updates.append((cluster, {"target": JobStatus.FAILED}))
+            elif cluster.status == JobStatus.RUNNING:
+                if cluster.last_heartbeat < heartbeat_cutoff:
+                    self.log.info("Cluster %s heartbeat timed out", cluster.name)
+                    cluster_updates.append((cluster, {"target": JobStatus.FAILED}))
+                    continue
+                for worker in cluster.workers.values():
+                    if worker.status == JobStatus.SUBMITTED and worker.target == JobStatus.RUNNING:
+                        info = self._job_info(worker)
+                        if (
+                            info
+                            and info.running_since
+                            and (now - info.running_since > self.worker_start_timeout)
+                        ):
+                            self._record_worker_failure(
+                                cluster,
+                                f"{describe_job('worker', info)} but its worker did not connect "
+                                f"within {self.worker_start_timeout:.0f} s",
+                            )
+                            cluster.worker_start_failure_count += 1
+                            worker_updates.append((worker, {"target": JobStatus.FAILED}))
+        self.db.update_clusters(cluster_updates)
+        self.db.update_workers(worker_updates)
+        for obj, _ in cluster_updates + worker_updates:
+            self.queue.put(obj)
+
+    def _scheduler_timed_out(self, cluster, now: float) -> bool:
+        waited = now - cluster.start_time / 1000
+        if not self.queue_aware_start:
+            return waited > self.cluster_start_timeout
+        info = self._job_info(cluster)
+        if info and info.running_since:
+            return now - info.running_since > self.cluster_start_timeout
+        return waited > self.scheduler_queue_timeout
 
     # -- clusters --------------------------------------------------------------------------
 
     async def do_start_cluster(self, cluster):
         state = {"log_directory": self._log_directory(cluster)}
         try:
-            await self._prepare_log_directory(cluster.username, state["log_directory"])
+            await self._make_directory(cluster.username, state["log_directory"])
             script = self._render(cluster, "scheduler")
             job_id = await self._submit(cluster.username, script)
         except Exception as exc:
@@ -240,8 +379,7 @@ class SlurmBackend(DBBackendBase):
                 cluster, state={**state, "failure": f"Cluster {cluster.name} failed: {failure}"}
             )
             raise
-        self.tracker.track(job_id)
-        self._scheduler_jobs[job_id] = cluster.name
+        self._track(job_id, cluster)
         self.log.info(
             "Cluster %s of user %s: scheduler job %s submitted",
             cluster.name,
@@ -263,11 +401,10 @@ class SlurmBackend(DBBackendBase):
             reason = await self._explain_failure(cluster)
             self.db.update_cluster(cluster, state={**cluster.state, "failure": reason})
             self.log.warning("User %s: %s", cluster.username, reason)
-        self._scheduler_jobs.pop(scheduler_job, None)
         try:
             await self._cancel(cluster.username, job_ids)
         finally:
-            self.tracker.forget(job_ids)
+            self._forget(job_ids)
 
     async def _explain_failure(self, cluster) -> str:
         """One line saying why a cluster failed, with the SLURM facts and the log's last line."""
@@ -283,11 +420,18 @@ class SlurmBackend(DBBackendBase):
             if info.state == "TIMEOUT":
                 why += f"; the cluster reached its walltime ({cluster.config['walltime']})"
         elif not cluster.scheduler_address:
-            waited = (timestamp() - cluster.start_time) / 1000
             if info.state in ("PENDING", "SUBMITTED"):
-                why = f"the scheduler did not start within {waited:.0f} s: {facts}"
+                limit = (
+                    self.scheduler_queue_timeout
+                    if self.queue_aware_start
+                    else self.cluster_start_timeout
+                )
+                why = f"the scheduler did not start within {limit:.0f} s: {facts}"
             else:
-                why = f"the scheduler did not contact the gateway within {waited:.0f} s: {facts}"
+                why = (
+                    f"the scheduler did not contact the gateway within "
+                    f"{self.cluster_start_timeout:.0f} s: {facts}"
+                )
             why += "; the job was cancelled"
         elif cluster.worker_start_failure_count >= self.worker_start_failure_limit:
             why = (
@@ -311,7 +455,7 @@ class SlurmBackend(DBBackendBase):
         except Exception as exc:
             self._record_worker_failure(cluster, f"worker {worker.name} not submitted: {exc!s}")
             raise
-        self.tracker.track(job_id)
+        self._track(job_id, cluster, worker)
         self.log.info("Cluster %s: worker %s is job %s", cluster.name, worker.name, job_id)
         yield {"job_id": job_id}
 
@@ -319,13 +463,13 @@ class SlurmBackend(DBBackendBase):
         job_id = worker.state.get("job_id")
         if not job_id:
             return
-        if worker.target == JobStatus.FAILED:
-            info = self.tracker.get(job_id) or JobInfo(job_id, state=UNKNOWN)
+        info = self.tracker.get(job_id) or JobInfo(job_id, state=UNKNOWN)
+        if worker.target == JobStatus.FAILED and info.state != "COMPLETED":
             self._record_worker_failure(worker.cluster, describe_job("worker", info))
         try:
             await self._cancel(worker.cluster.username, [job_id])
         finally:
-            self.tracker.forget([job_id])
+            self._forget([job_id])
 
     def _record_worker_failure(self, cluster, text: str):
         self.log.warning("Cluster %s: %s", cluster.name, text)
@@ -343,10 +487,13 @@ class SlurmBackend(DBBackendBase):
             command = self.get_scheduler_command(cluster)
             cpus, memory = config["scheduler_cores"], config["scheduler_memory"]
             partition = config["scheduler_partition"] or config["partition"]
+            walltime = config["walltime"]
         else:
-            command = self.get_worker_command(cluster, worker.name)
+            seconds = self._worker_seconds(cluster)
+            command = self.get_worker_command(cluster, worker.name) + self._lifetime_args(seconds)
             cpus, memory = config["worker_cores"], config["worker_memory"]
             partition = config["partition"]
+            walltime = format_walltime(seconds)
         user_environment = dict(config["environment"])
         log_directory = self._log_directory(cluster)
         job = {
@@ -356,7 +503,7 @@ class SlurmBackend(DBBackendBase):
             "chdir": log_directory,
             "cpus": cpus,
             "memory": f"{math.ceil(memory / 2**20)}M",
-            "walltime": config["walltime"],
+            "walltime": walltime,
             "partition": partition,
             "account": config["account"],
             "qos": config["qos"],
@@ -380,8 +527,24 @@ class SlurmBackend(DBBackendBase):
                 "tls_cert": cluster.tls_cert.decode(),
                 "tls_key": cluster.tls_key.decode(),
                 "command": command,
+                "user_log_directory": os.path.dirname(log_directory),
+                "log_retention_days": config["log_retention_days"],
             },
         )
+
+    def _worker_seconds(self, cluster) -> float:
+        """A worker's walltime: its own limit, cut to what is left of the cluster's life."""
+        config = cluster.config
+        cluster_left = walltime_seconds(config["walltime"]) - (
+            time.time() - cluster.start_time / 1000
+        )
+        wanted = walltime_seconds(config["worker_walltime"] or config["walltime"])
+        return max(60.0, min(wanted, cluster_left))
+
+    def _lifetime_args(self, seconds: float) -> list[str]:
+        """dask's --lifetime: leave (staggered) before the walltime so the work moves on."""
+        margin = min(self.worker_walltime_margin, seconds / 4)
+        return ["--lifetime", f"{seconds - margin:.0f}s", "--lifetime-stagger", f"{margin:.0f}s"]
 
     def get_worker_command(self, cluster, worker_name, scheduler_address=None):
         command = super().get_worker_command(cluster, worker_name, scheduler_address)
@@ -413,19 +576,20 @@ class SlurmBackend(DBBackendBase):
         ):
             raise SlurmError(f"could not cancel jobs {', '.join(job_ids)}: {result.summary()}")
 
-    async def _prepare_log_directory(self, username: str, log_directory: str):
-        """Create the user's log directories as the user, and refuse ones others could read."""
-        user_directory = os.path.dirname(log_directory)
-        result = await self.runner.run(
-            [self.mkdir, "-p", "-m", "0700", "--", user_directory, log_directory], user=username
-        )
+    async def _make_directory(self, username: str, path: str):
+        result = await self.runner.run([self.mkdir, "-p", "-m", "0700", "--", path], user=username)
         if not result.ok:
-            raise SlurmError(f"cannot create the log directory {log_directory}: {result.summary()}")
-        uid = pwd.getpwnam(username).pw_uid
-        info = os.stat(user_directory)
-        if info.st_uid != uid or info.st_mode & (stat.S_IRWXG | stat.S_IRWXO):
+            raise SlurmError(f"cannot create the log directory {path}: {result.summary()}")
+
+    async def _prepare_user_log_directory(self, username: str, path: str):
+        """Create the user's log directory as the user, and refuse one others could read."""
+        await self._make_directory(username, path)
+        info = os.stat(path)
+        if info.st_uid != pwd.getpwnam(username).pw_uid or info.st_mode & (
+            stat.S_IRWXG | stat.S_IRWXO
+        ):
             raise SlurmError(
-                f"the log directory {user_directory} must be owned by {username} with mode 0700 "
+                f"the log directory {path} must be owned by {username} with mode 0700 "
                 f"(it has uid {info.st_uid}, mode {stat.S_IMODE(info.st_mode):o}); "
                 f"ask the admins to fix or remove it"
             )

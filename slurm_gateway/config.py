@@ -6,7 +6,7 @@ import re
 
 from dask_gateway_server.backends.base import ClusterConfig
 from dask_gateway_server.traitlets import Command
-from traitlets import Float, List, Unicode, default, validate
+from traitlets import Float, Integer, List, Unicode, default, validate
 
 # [minutes] | MM:SS | HH:MM:SS | D-HH | D-HH:MM | D-HH:MM:SS, as sbatch --time accepts.
 _WALLTIME = re.compile(
@@ -64,6 +64,13 @@ class SlurmClusterConfig(ClusterConfig):
         config=True,
     )
 
+    worker_walltime = Unicode(
+        "",
+        help="""Walltime of each worker job (empty: ``walltime``), never beyond what is left
+        of the cluster's life. Workers leave gracefully before it and are replaced.""",
+        config=True,
+    )
+
     partition = Unicode(
         "", help="Partition of the worker jobs (empty: SLURM's default).", config=True
     )
@@ -111,15 +118,26 @@ class SlurmClusterConfig(ClusterConfig):
         config=True,
     )
 
+    log_retention_days = Integer(
+        30,
+        min=0,
+        help="""Days a user's cluster logs are kept: each new scheduler job removes (as the
+        user) cluster log directories older than this. 0: keep forever.""",
+        config=True,
+    )
+
     @default("scheduler_partition")
     def _default_scheduler_partition(self):
         return self.partition
 
-    @validate("walltime")
+    @validate("walltime", "worker_walltime")
     def _validate_walltime(self, proposal):
+        if proposal.value == "" and proposal.trait.name == "worker_walltime":
+            return ""
         if not _WALLTIME.match(proposal.value):
             raise ValueError(
-                f"walltime must be a SLURM --time value such as 1-00:00:00, got {proposal.value!r}"
+                f"{proposal.trait.name} must be a SLURM --time value such as 1-00:00:00, "
+                f"got {proposal.value!r}"
             )
         return proposal.value
 

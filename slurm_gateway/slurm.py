@@ -45,6 +45,10 @@ TERMINAL_STATES = frozenset(
     }
 )
 
+# Ends that are the machine's fault, not the job's: such a worker is replaced without
+# counting against the cluster's failure limit.
+NOT_THE_JOBS_FAULT = frozenset({"BOOT_FAIL", "NODE_FAIL", "PREEMPTED"})
+
 # Our own pseudo-states: submitted but not yet seen by a poll, and "SLURM could not tell us".
 SUBMITTED = "SUBMITTED"
 UNKNOWN = "UNKNOWN"
@@ -72,6 +76,8 @@ class JobInfo:
     cancelled_by: str = ""
     #: True once the final state came from ``sacct`` (exit code known).
     accounted: bool = False
+    #: When (``time.time()``) a poll first saw the job RUNNING.
+    running_since: float | None = None
 
     @property
     def is_terminal(self) -> bool:
@@ -192,3 +198,26 @@ def describe_job(role: str, info: JobInfo) -> str:
         if info.elapsed:
             text += f" after {info.elapsed}"
     return text
+
+
+def format_walltime(seconds: float) -> str:
+    """``--time`` value for a number of seconds, rounded up to whole minutes (``D-HH:MM:SS``)."""
+    minutes = max(1, -(-int(seconds) // 60))
+    days, rest = divmod(minutes * 60, 86400)
+    hours, rest = divmod(rest, 3600)
+    return f"{days}-{hours:02d}:{rest // 60:02d}:00"
+
+
+def walltime_seconds(walltime: str) -> int:
+    """Seconds in a SLURM ``--time`` value (``"90"`` is 90 minutes, ``"1-00:00:00"`` a day)."""
+    days, _, clock = walltime.rpartition("-")
+    parts = [int(p) for p in clock.split(":")]
+    if days:
+        hours, minutes, seconds = (parts + [0, 0])[:3]
+    elif len(parts) == 1:
+        hours, minutes, seconds = 0, parts[0], 0
+    elif len(parts) == 2:
+        hours, minutes, seconds = 0, parts[0], parts[1]
+    else:
+        hours, minutes, seconds = parts
+    return ((int(days or 0) * 24 + hours) * 60 + minutes) * 60 + seconds

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import replace
 
@@ -93,8 +94,12 @@ class JobTracker:
         for job_id in open_ids:
             seen = queued.get(job_id)
             if seen is not None:
-                self._jobs[job_id] = self._jobs[job_id].merged(seen)
-            if seen is None or seen.is_terminal:
+                info = self._jobs[job_id].merged(seen)
+                if info.state == "RUNNING" and info.running_since is None:
+                    info = replace(info, running_since=time.time())
+                self._jobs[job_id] = info
+            # COMPLETING jobs are ending: sacct already knows how (e.g. CANCELLED by uid).
+            if seen is None or seen.is_terminal or seen.state == "COMPLETING":
                 left_queue.append(job_id)
         if left_queue:
             await self._account(left_queue, missing=set(left_queue) - set(queued))

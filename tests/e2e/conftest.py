@@ -156,11 +156,16 @@ def make_gateway(gateway):
 
 @pytest.fixture(autouse=True)
 def no_orphan_jobs(request):
-    """Every end-to-end test leaves no job of alice or bob queued or running."""
+    """Every end-to-end test leaves no job of alice or bob queued or running.
+
+    Leftovers fail the test that left them, and are cancelled so the next test starts clean.
+    """
     yield
     if "gateway" in request.fixturenames:
-        leftover = wait_until(lambda: not user_jobs(*USERS), 30) or user_jobs(*USERS)
-        assert leftover is True, f"jobs left behind: {leftover}"
+        if not wait_until(lambda: not user_jobs(*USERS), 30):
+            leftover = user_jobs(*USERS)
+            run(["scancel", "--user=" + ",".join(USERS)])
+            pytest.fail(f"jobs left behind: {leftover}")
 
 
 @pytest.fixture

@@ -47,6 +47,8 @@ def _context(tmp_path, environment, conda_env, **job):
         "tls_cert": "-----BEGIN CERTIFICATE-----\nabc\n-----END CERTIFICATE-----",
         "tls_key": "-----BEGIN PRIVATE KEY-----\ndef\n-----END PRIVATE KEY-----",
         "command": ["python", "-c", "import json, os; print(json.dumps(dict(os.environ)))"],
+        "user_log_directory": str(tmp_path / "logs"),
+        "log_retention_days": 0,
     }
 
 
@@ -156,3 +158,15 @@ def test_admin_template_directory_overrides_builtin(tmp_path, fake_env):
         template_environment([admin]), "worker.sh.j2", _context(tmp_path, {}, fake_env)
     )
     assert _run(script, tmp_path).stdout.strip().endswith("site-worker c0ffee")
+
+
+def test_scheduler_removes_the_users_cluster_logs_past_retention(tmp_path, fake_env):
+    logs = tmp_path / "logs"
+    (logs / "old-cluster").mkdir(parents=True)
+    (logs / "recent-cluster").mkdir()
+    subprocess.run(["touch", "-d", "40 days ago", str(logs / "old-cluster")], check=True)
+    context = _context(tmp_path, {}, fake_env)
+    context["log_retention_days"] = 30
+    result = _run(render_job_script(template_environment(), "scheduler.sh.j2", context), tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert sorted(p.name for p in logs.iterdir()) == ["recent-cluster"]

@@ -3,10 +3,12 @@
 from slurm_gateway.slurm import (
     JobInfo,
     describe_job,
+    format_walltime,
     parse_sacct,
     parse_sbatch_output,
     parse_squeue,
     squeue_command,
+    walltime_seconds,
 )
 
 
@@ -78,3 +80,14 @@ def test_merge_keeps_facts_the_newer_report_lacks():
     accounted = JobInfo("9", state="FAILED", exit_code="1:0", accounted=True)
     merged = queued.merged(accounted)
     assert (merged.state, merged.nodes, merged.exit_code) == ("FAILED", "n2", "1:0")
+
+
+def test_walltime_conversions():
+    assert walltime_seconds("90") == 90 * 60
+    assert walltime_seconds("2:30") == 150
+    assert walltime_seconds("1:00:00") == 3600
+    assert walltime_seconds("1-00:00:00") == 86400
+    assert walltime_seconds("2-12") == 60 * 3600
+    assert format_walltime(59) == "0-00:01:00"
+    assert format_walltime(86400) == "1-00:00:00"
+    assert format_walltime(3661) == "0-01:02:00"
