@@ -250,3 +250,25 @@ def test_walltime_aware_workers_and_cluster_end(as_user, make_gateway):
     assert result["replaced"] >= 1, "no worker left before its walltime"
     assert result["error"] and "walltime" in result["error"], result["error"]
     assert "TIMEOUT" in result["error"]
+
+
+def test_pending_worker_keeps_its_place_in_the_queue(as_user, make_gateway):
+    gw = make_gateway(
+        "c.SlurmBackend.worker_start_timeout = 3\n"
+        'c.SlurmClusterConfig.worker_extra_directives = ["--begin=now+600"]\n'
+    )
+    made = as_user(
+        "alice",
+        """
+        cluster = Gateway().new_cluster(shutdown_on_close=False, worker_memory=1)
+        cluster.scale(1)
+        report(name=cluster.name)
+        """,
+        via=gw,
+    )
+    assert wait_until(lambda: [j for j in user_jobs("alice") if "worker" in j], 10)
+    first = [j for j in user_jobs("alice") if "worker" in j]
+    time.sleep(12)  # four worker start timeouts
+    assert [j for j in user_jobs("alice") if "worker" in j] == first, "worker was re-submitted"
+    assert "PENDING" in first[0]
+    as_user("alice", f"Gateway().stop_cluster({made['name']!r}); report()", via=gw)
