@@ -19,8 +19,9 @@ from dask_gateway_server.backends.base import PublicException
 from dask_gateway_server.backends.db_base import DBBackendBase, JobStatus
 from dask_gateway_server.traitlets import Type
 from dask_gateway_server.utils import timestamp
-from traitlets import Bool, Float, List, Unicode, default
+from traitlets import Bool, Float, Integer, List, Unicode, default
 
+from .batching import Coalescer
 from .envcheck import env_problem
 from .options import DEFAULT_ENVIRONMENT_DENY, check_conda_env, default_options, filter_environment
 from .rendering import render_job_script, template_environment
@@ -30,7 +31,8 @@ from .slurm import (
     JobInfo,
     describe_job,
     format_walltime,
-    parse_sbatch_output,
+    parse_max_array_size,
+    parse_sbatch_job_ids,
     sbatch_command,
     scancel_command,
     walltime_seconds,
@@ -78,6 +80,9 @@ class SlurmBackend(DBBackendBase):
     scancel = Unicode("/usr/bin/scancel", help="Path to scancel (run as the user).", config=True)
     squeue = Unicode("/usr/bin/squeue", help="Path to squeue (run as the gateway).", config=True)
     sacct = Unicode("/usr/bin/sacct", help="Path to sacct (run as the gateway).", config=True)
+    scontrol = Unicode(
+        "/usr/bin/scontrol", help="Path to scontrol (run as the gateway).", config=True
+    )
     mkdir = Unicode("/usr/bin/mkdir", help="Path to mkdir (run as the user).", config=True)
     tail = Unicode("/usr/bin/tail", help="Path to tail (run as the user).", config=True)
 
@@ -150,6 +155,29 @@ class SlurmBackend(DBBackendBase):
         config=True,
     )
 
+    use_job_arrays = Bool(
+        True,
+        help="""Submit workers requested together (``scale(n)``, adaptive growth) as one job
+        array per cluster, one task per worker. If False, or where SLURM refuses arrays,
+        each worker is its own job.""",
+        config=True,
+    )
+
+    max_array_size = Integer(
+        1000,
+        min=1,
+        help="Most workers in one job array (also capped by SLURM's MaxArraySize).",
+        config=True,
+    )
+
+    batch_window = Float(
+        0.02,
+        min=0,
+        help="""Seconds to gather worker submissions (or cancellations) that arrive together
+        into one sbatch (or scancel) call.""",
+        config=True,
+    )
+
     state_directory = Unicode(
         "/var/lib/slurm-gateway",
         help="Directory of the gateway's database and encryption keys (mode 0700).",
@@ -175,6 +203,12 @@ class SlurmBackend(DBBackendBase):
     @default("cluster_start_timeout")
     def _default_cluster_start_timeout(self):
         return 120.0
+
+    @default("parallelism")
+    def _default_parallelism(self):
+        # Reconcilers are coroutines; many of them let a scale(500) reach the submission
+        # batcher at once and leave as one job array, instead of 20 at a time.
+        return 1000
 
     @default("worker_start_timeout")
     def _default_worker_start_timeout(self):
@@ -217,6 +251,13 @@ class SlurmBackend(DBBackendBase):
             sacct=self.sacct,
             log=self.log,
         )
+        self._worker_submissions = Coalescer(
+            self._submit_workers,
+            unclaimed=self._cancel_unclaimed,
+            window=self.batch_window,
+            max_batch=self.max_array_size if self.use_job_arrays else 1,
+        )
+        self._cancellations = Coalescer(self._cancel_batch, window=self.batch_window)
         # job id -> (cluster name, worker name or None for the scheduler)
         self._job_owners: dict[str, tuple[str, str | None]] = {}
         for cluster in self.db.active_clusters():
@@ -225,6 +266,19 @@ class SlurmBackend(DBBackendBase):
                 if worker.status < JobStatus.STOPPED:
                     self._track(worker.state.get("job_id"), cluster, worker)
         self.task_pool.spawn(self._poll_loop())
+        # Everything above is set before the first await: reconcilers may already be running.
+        if self.use_job_arrays:
+            self._worker_submissions.max_batch = await self._array_limit()
+
+    async def _array_limit(self) -> int:
+        result = await self.runner.run([self.scontrol, "show", "config"])
+        slurm_max = parse_max_array_size(result.stdout) if result.ok else None
+        if slurm_max is None:
+            self.log.warning(
+                "Could not read MaxArraySize from SLURM; arrays of at most %d", self.max_array_size
+            )
+            return self.max_array_size
+        return max(1, min(self.max_array_size, slurm_max - 1))
 
     def _track(self, job_id: str | None, cluster, worker=None):
         if job_id:
@@ -372,7 +426,7 @@ class SlurmBackend(DBBackendBase):
         try:
             await self._make_directory(cluster.username, state["log_directory"])
             script = self._render(cluster, "scheduler")
-            job_id = await self._submit(cluster.username, script)
+            [job_id] = await self._sbatch(cluster.username, script)
         except Exception as exc:
             failure = str(exc) if isinstance(exc, SlurmError | ValueError) else repr(exc)
             self.db.update_cluster(
@@ -449,15 +503,47 @@ class SlurmBackend(DBBackendBase):
     # -- workers ---------------------------------------------------------------------------
 
     async def do_start_worker(self, worker):
-        cluster = worker.cluster
-        try:
-            job_id = await self._submit(cluster.username, self._render(cluster, "worker", worker))
-        except Exception as exc:
-            self._record_worker_failure(cluster, f"worker {worker.name} not submitted: {exc!s}")
-            raise
-        self._track(job_id, cluster, worker)
-        self.log.info("Cluster %s: worker %s is job %s", cluster.name, worker.name, job_id)
+        # Workers started together (scale(n), adaptive growth) leave as one job array.
+        job_id = await self._worker_submissions.add(worker.cluster.name, worker)
         yield {"job_id": job_id}
+
+    async def _submit_workers(self, cluster_name: str, workers: list) -> list[str]:
+        cluster = workers[0].cluster
+        try:
+            try:
+                job_ids = await self._submit_many(cluster, workers)
+            except SlurmError as exc:
+                if len(workers) == 1 or "array" not in str(exc).lower():
+                    raise
+                self.log.warning("Job arrays refused (%s); submitting single jobs", exc)
+                job_ids = [
+                    job_id
+                    for worker in workers
+                    for job_id in await self._submit_many(cluster, [worker])
+                ]
+        except Exception as exc:
+            self._record_worker_failure(cluster, f"{len(workers)} worker(s) not submitted: {exc}")
+            raise
+        for worker, job_id in zip(workers, job_ids, strict=True):
+            self._track(job_id, cluster, worker)
+        self.log.info(
+            "Cluster %s: %d worker(s) submitted as job %s",
+            cluster.name,
+            len(workers),
+            job_ids[0].split("_")[0],
+        )
+        return job_ids
+
+    async def _submit_many(self, cluster, workers: list) -> list[str]:
+        script = self._render(cluster, "worker", workers)
+        return await self._sbatch(cluster.username, script, len(workers))
+
+    def _cancel_unclaimed(self, cluster_name: str, job_id: str):
+        # The worker's start was abandoned (timed out) while its job was being submitted.
+        cluster = self.db.get_cluster(cluster_name)
+        if cluster is not None:
+            self.log.info("Cancelling job %s of an abandoned worker start", job_id)
+            self.task_pool.spawn(self._cancellations.add(cluster.username, job_id))
 
     async def do_stop_worker(self, worker):
         job_id = worker.state.get("job_id")
@@ -467,9 +553,13 @@ class SlurmBackend(DBBackendBase):
         if worker.target == JobStatus.FAILED and info.state != "COMPLETED":
             self._record_worker_failure(worker.cluster, describe_job("worker", info))
         try:
-            await self._cancel(worker.cluster.username, [job_id])
+            await self._cancellations.add(worker.cluster.username, job_id)
         finally:
             self._forget([job_id])
+
+    async def _cancel_batch(self, username: str, job_ids: list[str]) -> list[None]:
+        await self._cancel(username, job_ids)
+        return [None] * len(job_ids)
 
     def _record_worker_failure(self, cluster, text: str):
         self.log.warning("Cluster %s: %s", cluster.name, text)
@@ -481,7 +571,7 @@ class SlurmBackend(DBBackendBase):
         base = cluster.config["log_directory"].format(username=cluster.username)
         return f"{base}/{cluster.name}"
 
-    def _render(self, cluster, role: str, worker=None) -> str:
+    def _render(self, cluster, role: str, workers: list = ()) -> str:
         config = cluster.config
         if role == "scheduler":
             command = self.get_scheduler_command(cluster)
@@ -490,7 +580,7 @@ class SlurmBackend(DBBackendBase):
             walltime = config["walltime"]
         else:
             seconds = self._worker_seconds(cluster)
-            command = self.get_worker_command(cluster, worker.name) + self._lifetime_args(seconds)
+            command = self._worker_command(cluster, seconds)
             cpus, memory = config["worker_cores"], config["worker_memory"]
             partition = config["partition"]
             walltime = format_walltime(seconds)
@@ -498,8 +588,9 @@ class SlurmBackend(DBBackendBase):
         log_directory = self._log_directory(cluster)
         job = {
             "name": f"{self.job_name_prefix}-{role}",
-            "comment": f"dask-gateway:{cluster.name}:{worker.name if worker else 'scheduler'}",
-            "log_file": f"{log_directory}/{role}-%j.log",
+            "comment": f"dask-gateway:{cluster.name}:{role}",
+            "log_file": f"{log_directory}/{role}-{'%A_%a' if len(workers) > 1 else '%j'}.log",
+            "array": f"0-{len(workers) - 1}" if len(workers) > 1 else "",
             "chdir": log_directory,
             "cpus": cpus,
             "memory": f"{math.ceil(memory / 2**20)}M",
@@ -527,6 +618,7 @@ class SlurmBackend(DBBackendBase):
                 "tls_cert": cluster.tls_cert.decode(),
                 "tls_key": cluster.tls_key.decode(),
                 "command": command,
+                "worker_names": [w.name for w in workers],
                 "user_log_directory": os.path.dirname(log_directory),
                 "log_retention_days": config["log_retention_days"],
             },
@@ -546,28 +638,43 @@ class SlurmBackend(DBBackendBase):
         margin = min(self.worker_walltime_margin, seconds / 4)
         return ["--lifetime", f"{seconds - margin:.0f}s", "--lifetime-stagger", f"{margin:.0f}s"]
 
-    def get_worker_command(self, cluster, worker_name, scheduler_address=None):
-        command = super().get_worker_command(cluster, worker_name, scheduler_address)
-        # Exit when the scheduler is gone instead of waiting for the walltime.
-        command += ["--death-timeout", "60"]
+    def _worker_command(self, cluster, seconds: float) -> list[str]:
+        """The worker command without ``--name``, which the job script adds per array task."""
+        nthreads, memory_limit = self.worker_nthreads_memory_limit_args(cluster)
+        command = [
+            *cluster.config.worker_cmd,
+            cluster.scheduler_address,
+            "--dashboard-address",
+            f"{self.default_host}:0",
+            "--nthreads",
+            nthreads,
+            "--memory-limit",
+            memory_limit,
+            # Exit when the scheduler is gone instead of waiting for the walltime.
+            "--death-timeout",
+            "60",
+            *self._lifetime_args(seconds),
+        ]
         if self.listen_host:
             command += ["--host", self.listen_host]
         return command
 
     # -- SLURM commands as the user ----------------------------------------------------------
 
-    async def _submit(self, username: str, script: str) -> str:
+    async def _sbatch(self, username: str, script: str, tasks: int = 1) -> list[str]:
+        """Submit a job (or job array of ``tasks`` tasks) as the user; return the job ids."""
         result = await self.runner.run(
             sbatch_command(self.sbatch), user=username, stdin=script.encode()
         )
         if not result.ok:
             raise SlurmError(f"SLURM refused the job: {result.summary()}")
-        return parse_sbatch_output(result.stdout)
+        return parse_sbatch_job_ids(result.stdout, tasks)
 
     async def _cancel(self, username: str, job_ids: list[str]):
         if not job_ids:
             return
         result = await self.runner.run(scancel_command(job_ids, self.scancel), user=username)
+        self.log.info("Cancelled jobs of user %s: %s", username, " ".join(job_ids))
         # scancel exits non-zero for jobs that already ended; that is what we wanted.
         if (
             not result.ok

@@ -57,7 +57,7 @@ _SQUEUE_FIELDS = ("job_id", "state", "reason", "nodes", "elapsed", "start_time")
 _SQUEUE_FORMAT = "%i|%T|%r|%N|%M|%S"
 _SACCT_FIELDS = ("job_id", "state", "exit_code", "nodes", "elapsed", "reason")
 _SACCT_FORMAT = "JobID,State,ExitCode,NodeList,Elapsed,Reason"
-_JOB_ID = re.compile(r"^\d+$")
+_JOB_ID = re.compile(r"^\d+(_\d+)?$")  # a job, or one task of a job array
 # Reasons sacct gives for ended jobs that only repeat the state or exit code.
 _ECHOED_REASONS = frozenset({"", "None", "NonZeroExitCode", "OutOfMemory", "TimeLimit"})
 
@@ -108,15 +108,32 @@ def parse_sbatch_output(stdout: str) -> str:
     raise ValueError(f"sbatch printed no job id: {stdout.strip()!r}")
 
 
+def parse_sbatch_job_ids(stdout: str, tasks: int) -> list[str]:
+    """The ids of the jobs one ``sbatch --parsable`` made: ``123`` or ``123_0 .. 123_N-1``."""
+    job_id = parse_sbatch_output(stdout)
+    return [job_id] if tasks == 1 else [f"{job_id}_{i}" for i in range(tasks)]
+
+
+def parse_max_array_size(scontrol_config: str) -> int | None:
+    """``MaxArraySize`` from ``scontrol show config`` (task indices must be below it)."""
+    match = re.search(r"^MaxArraySize\s*=\s*(\d+)", scontrol_config, re.MULTILINE)
+    return int(match.group(1)) if match else None
+
+
 def scancel_command(job_ids: list[str], scancel: str = "scancel") -> list[str]:
     return [scancel, "--", *job_ids]
 
 
 def squeue_command(job_names: list[str], squeue: str = "squeue") -> list[str]:
-    """One call listing every job (all users, all states) carrying one of our job names."""
+    """One call listing every job (all users, all states) carrying one of our job names.
+
+    ``--array`` lists each array task on its own line (``123_4``), pending ones included,
+    instead of grouping them as ``123_[4-99]``.
+    """
     return [
         squeue,
         "--noheader",
+        "--array",
         "--states=all",
         "--name=" + ",".join(job_names),
         "--format=" + _SQUEUE_FORMAT,

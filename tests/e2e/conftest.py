@@ -164,7 +164,7 @@ def no_orphan_jobs(request):
     if "gateway" in request.fixturenames:
         if not wait_until(lambda: not user_jobs(*USERS), 30):
             leftover = user_jobs(*USERS)
-            run(["scancel", "--user=" + ",".join(USERS)])
+            run(["scancel", *(line.split()[0] for line in leftover)])
             pytest.fail(f"jobs left behind: {leftover}")
 
 

@@ -39,6 +39,7 @@ def _context(tmp_path, environment, conda_env, **job):
             "constraint": "",
             "gres": "",
             "extra_directives": [],
+            "array": "",
             **job,
         },
         "conda_env": conda_env,
@@ -47,6 +48,7 @@ def _context(tmp_path, environment, conda_env, **job):
         "tls_cert": "-----BEGIN CERTIFICATE-----\nabc\n-----END CERTIFICATE-----",
         "tls_key": "-----BEGIN PRIVATE KEY-----\ndef\n-----END PRIVATE KEY-----",
         "command": ["python", "-c", "import json, os; print(json.dumps(dict(os.environ)))"],
+        "worker_names": ["w0"],
         "user_log_directory": str(tmp_path / "logs"),
         "log_retention_days": 0,
     }
@@ -61,7 +63,7 @@ def fake_env(tmp_path):
     return str(prefix)
 
 
-def _run(script, tmp_path):
+def _run(script, tmp_path, **env):
     path = tmp_path / "job.sh"
     path.write_text(script)
     return subprocess.run(
@@ -70,7 +72,7 @@ def _run(script, tmp_path):
         text=True,
         timeout=30,
         cwd=tmp_path,
-        env={"PATH": "/usr/bin:/bin", "SLURM_JOB_ID": "1", "TMPDIR": str(tmp_path)},
+        env={"PATH": "/usr/bin:/bin", "SLURM_JOB_ID": "1", "TMPDIR": str(tmp_path), **env},
     )
 
 
@@ -170,3 +172,14 @@ def test_scheduler_removes_the_users_cluster_logs_past_retention(tmp_path, fake_
     result = _run(render_job_script(template_environment(), "scheduler.sh.j2", context), tmp_path)
     assert result.returncode == 0, result.stderr
     assert sorted(p.name for p in logs.iterdir()) == ["recent-cluster"]
+
+
+def test_each_array_task_runs_the_worker_named_for_its_index(tmp_path, fake_env):
+    context = _context(tmp_path, {}, fake_env, array="0-2")
+    context["worker_names"] = ["w0", "w1", "w2"]
+    context["command"] = ["python", "-c", "import sys; print(sys.argv[1:])"]
+    script = render_job_script(template_environment(), "worker.sh.j2", context)
+    assert "#SBATCH --array=0-2\n" in script
+    for index in range(3):
+        result = _run(script, tmp_path, SLURM_ARRAY_TASK_ID=str(index))
+        assert result.stdout.strip().splitlines()[-1] == f"['--name', 'w{index}']"

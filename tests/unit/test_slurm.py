@@ -4,7 +4,9 @@ from slurm_gateway.slurm import (
     JobInfo,
     describe_job,
     format_walltime,
+    parse_max_array_size,
     parse_sacct,
+    parse_sbatch_job_ids,
     parse_sbatch_output,
     parse_squeue,
     squeue_command,
@@ -91,3 +93,22 @@ def test_walltime_conversions():
     assert format_walltime(59) == "0-00:01:00"
     assert format_walltime(86400) == "1-00:00:00"
     assert format_walltime(3661) == "0-01:02:00"
+
+
+def test_array_tasks_are_tracked_one_per_line():
+    assert "--array" in squeue_command(["w"])
+    jobs = parse_squeue("123_0|RUNNING|None|n1|0:05|N/A\n123_1|PENDING|Resources|||N/A\n")
+    assert set(jobs) == {"123_0", "123_1"} and jobs["123_1"].reason == "Resources"
+    accounted = parse_sacct("123_0|CANCELLED by 1001|0:15|n1|00:00:09|None\n")
+    assert accounted["123_0"].state == "CANCELLED"
+
+
+def test_sbatch_ids_of_an_array_and_of_a_single_job():
+    assert parse_sbatch_job_ids("77\n", 1) == ["77"]
+    assert parse_sbatch_job_ids("77;devcluster\n", 3) == ["77_0", "77_1", "77_2"]
+
+
+def test_max_array_size_from_scontrol_show_config():
+    config = "MaxArraySize            = 1001\nMaxJobCount             = 10000\n"
+    assert parse_max_array_size(config) == 1001
+    assert parse_max_array_size("nothing here") is None

@@ -1,0 +1,76 @@
+"""Coalescing: requests close together become one call; nothing created is lost."""
+
+import asyncio
+
+import pytest
+
+from slurm_gateway.batching import Coalescer
+
+
+def test_requests_close_together_make_one_call_per_key():
+    calls = []
+
+    async def flush(key, items):
+        calls.append((key, list(items)))
+        return [f"{key}-{item}" for item in items]
+
+    async def main():
+        coalescer = Coalescer(flush, window=0.01)
+        return await asyncio.gather(
+            *(coalescer.add("a", i) for i in range(100)), coalescer.add("b", 0)
+        )
+
+    results = asyncio.run(main())
+    assert results == [f"a-{i}" for i in range(100)] + ["b-0"]
+    assert sorted(len(items) for _, items in calls) == [1, 100]
+
+
+def test_full_batch_is_flushed_at_once_and_the_rest_follows():
+    sizes = []
+
+    async def flush(key, items):
+        sizes.append(len(items))
+        return items
+
+    async def main():
+        coalescer = Coalescer(flush, window=5, max_batch=10)
+        return await asyncio.wait_for(
+            asyncio.gather(*(coalescer.add("k", i) for i in range(10))), 1
+        )
+
+    assert asyncio.run(main()) == list(range(10))
+    assert sizes == [10]
+
+
+def test_failure_reaches_every_waiter():
+    async def flush(key, items):
+        raise RuntimeError("sbatch refused")
+
+    async def main():
+        coalescer = Coalescer(flush, window=0.01)
+        return await asyncio.gather(
+            *(coalescer.add("k", i) for i in range(3)), return_exceptions=True
+        )
+
+    assert [str(r) for r in asyncio.run(main())] == ["sbatch refused"] * 3
+
+
+def test_result_of_a_caller_that_gave_up_is_handed_back():
+    unclaimed = []
+
+    async def flush(key, items):
+        await asyncio.sleep(0.05)
+        return [f"job-{item}" for item in items]
+
+    async def main():
+        coalescer = Coalescer(flush, window=0.01, unclaimed=lambda k, r: unclaimed.append(r))
+        keep = asyncio.ensure_future(coalescer.add("k", 1))
+        give_up = asyncio.ensure_future(coalescer.add("k", 2))
+        await asyncio.sleep(0.02)
+        give_up.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await give_up
+        return await keep
+
+    assert asyncio.run(main()) == "job-1"
+    assert unclaimed == ["job-2"]
