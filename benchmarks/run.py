@@ -62,6 +62,8 @@ BENCH_REQUIREMENTS = [
 PORTS = {"ours-live": 19000, "ours-held": 19010, "stock-live": 19100, "stock-held": 19110}
 JOBQUEUE_PORT = 19500  # + i for the i-th local scheduler
 FLOOR_PORT = 19600
+# SLURM query commands the gateways run as the service account, through counting wrappers.
+COUNTED_COMMANDS = ("squeue", "sacct", "scontrol")
 
 STARTED = time.monotonic()
 
@@ -230,6 +232,7 @@ def environment_facts() -> dict:
         + (" (+ uncommitted changes)" if dirty else ""),
         "ours_installed": installed,
         "other_users_jobs_at_start": len([u for u in others if u != USER]),
+        "other_gateways_at_start": len(other_gateways(set())),
         "loadavg_at_start": os.getloadavg(),
     }
 
@@ -239,7 +242,7 @@ def environment_facts() -> dict:
 
 def ours_config(name: str, workdir: Path, held: bool) -> str:
     port = PORTS[name]
-    lines = f"""\
+    lines = textwrap.dedent(f"""\
         c = get_config()
         c.SlurmGateway.address = "127.0.0.1:{port + 1}"
         c.Proxy.address = "127.0.0.1:{port}"
@@ -247,23 +250,27 @@ def ours_config(name: str, workdir: Path, held: bool) -> str:
         c.SlurmBackend.state_directory = "{workdir / "state"}"
         c.SlurmBackend.listen_host = "127.0.0.1"
         c.SlurmBackend.stop_clusters_on_shutdown = True  # the benchmark leaves nothing
+        # The same commands, through wrappers that count calls (scenario 5).
+        c.SlurmBackend.squeue = "{workdir / "bin" / "squeue"}"
+        c.SlurmBackend.sacct = "{workdir / "bin" / "sacct"}"
+        c.SlurmBackend.scontrol = "{workdir / "bin" / "scontrol"}"
         c.SlurmClusterConfig.scheduler_partition = "schedulers"
         c.SlurmClusterConfig.partition = "workers"
         c.SlurmClusterConfig.scheduler_memory = "{"0.4 G" if held else "1 G"}"
         c.SlurmClusterConfig.walltime = "0-01:00:00"
-        """
+        """)
     if held:
-        lines += """\
+        lines += textwrap.dedent("""\
         # Workers stay queued (held): scenarios 2, 4, 5, 6 measure SLURM acceptance,
         # and must not start hundreds of dask workers on this 2-core host.
         c.SlurmClusterConfig.worker_extra_directives = ["--hold"]
-        """
-    return textwrap.dedent(lines)
+        """)
+    return lines
 
 
-def stock_config(name: str, wrapper: Path, held: bool) -> str:
+def stock_config(name: str, workdir: Path, wrapper: Path, held: bool) -> str:
     port = PORTS[name]
-    lines = f"""\
+    lines = textwrap.dedent(f"""\
         # The stock dask-gateway-server SLURM backend, configured as its documentation says.
         from dask_gateway_server.backends.jobqueue.slurm import SlurmBackend
 
@@ -285,21 +292,23 @@ def stock_config(name: str, wrapper: Path, held: bool) -> str:
             "{JOB_PYTHON}", "-m", "distributed.cli.dask_worker", "--host", "127.0.0.1"
         ]
         c.SlurmClusterConfig.partition = "workers"
+        # squeue through a wrapper that counts calls (scenario 5).
+        c.SlurmBackend.status_command = "{workdir / "bin" / "squeue"}"
         c.SlurmClusterConfig.scheduler_cores = 1
         c.SlurmClusterConfig.scheduler_memory = "{"0.4 G" if held else "1 G"}"
         c.SlurmClusterConfig.worker_cores = 1
         c.SlurmClusterConfig.worker_memory = "0.5 G"
-        """
+        """)
     if held:
-        lines += f"""\
+        lines += textwrap.dedent(f"""\
         # Worker jobs are submitted held (as ours are), through a wrapper that adds --hold
         # to worker submissions only. Queued workers would time out after the stock 60 s
         # and be resubmitted: allow 600 s (as Purdue raised it) so the RPC count sees a
         # steady state.
         c.SlurmBackend.submit_command = "{wrapper}"
         c.SlurmBackend.worker_start_timeout = 600
-        """
-    return textwrap.dedent(lines)
+        """)
+    return lines
 
 
 class GatewayProcess:
@@ -310,6 +319,18 @@ class GatewayProcess:
         self.server = server
         self.workdir = root / name
         self.workdir.mkdir()
+        self.bin = self.workdir / "bin"
+        self.bin.mkdir()
+        for command in COUNTED_COMMANDS:
+            wrapper = self.bin / command
+            wrapper.write_text(
+                "#!/bin/sh\n"
+                "# Counts the gateway's calls (benchmark scenario 5), then runs the command.\n"
+                f"echo x >> {self.workdir}/calls-{command}\n"
+                f"printf '%s\\0' \"$@\" > {self.workdir}/last-{command}.args\n"
+                f'exec /usr/bin/{command} "$@"\n'
+            )
+            os.chmod(wrapper, 0o755)
         self.config = self.workdir / "config.py"
         self.config.write_text(make_config(self.workdir))
         self.log_path = self.workdir / "gateway.log"
@@ -317,9 +338,26 @@ class GatewayProcess:
         self.address = f"http://{self.proxy}"
         self.proc: subprocess.Popen | None = None
         self.processes: dict[int, int] = {}
-        for path in (self.workdir, self.config):
+        for path in (self.workdir, self.bin, self.config, *self.bin.iterdir()):
             shutil.chown(path, SERVICE_ACCOUNT)
         os.chmod(self.workdir, 0o700)
+
+    def calls(self) -> dict[str, int]:
+        """How many times the gateway ran each SLURM query command so far."""
+        counts = {}
+        for command in COUNTED_COMMANDS:
+            try:
+                counts[command] = len((self.workdir / f"calls-{command}").read_text().split())
+            except FileNotFoundError:
+                counts[command] = 0
+        return counts
+
+    def last_args(self, command: str) -> list[str] | None:
+        try:
+            raw = (self.workdir / f"last-{command}.args").read_bytes()
+        except FileNotFoundError:
+            return None
+        return [a.decode() for a in raw.split(b"\0")[:-1]]
 
     def start(self) -> None:
         log(f"starting gateway {self.name} on {self.proxy}")
@@ -500,27 +538,59 @@ def other_gateways(mine: set[int]) -> list[str]:
     return found
 
 
+def _user_rpcs(user: str) -> int:
+    users, _ = sdiag_counts()
+    return users.get(user, 0)
+
+
+def rpc_cost(gateway: GatewayProcess, command: str, repeats: int = 3) -> float | None:
+    """slurmctld RPCs of one call of ``command`` as the gateway last ran it, measured by
+    running it as the benchmark user (whose RPCs nothing else makes at that moment)."""
+    argv = gateway.last_args(command)
+    if argv is None:
+        return None
+    before = _user_rpcs(USER)
+    for _ in range(repeats):
+        run([RUNUSER, "-u", USER, "--", f"/usr/bin/{command}", *argv], timeout=60)
+    return (_user_rpcs(USER) - before) / repeats
+
+
 def measure_rpcs(window: float, settle: float, gateway: GatewayProcess, label: str) -> dict:
+    """slurmctld RPCs caused by ``gateway`` per minute, over ``window`` seconds.
+
+    The service account's own sdiag line would also count any other gateway running as
+    the same account (the e2e tests use it). So the gateway's queries are counted by
+    wrappers and weighed with their measured RPC cost; RPCs it makes as the benchmark user
+    (sbatch, scancel through sudo) come from that user's sdiag line, which only this
+    benchmark uses.
+    """
     log(f"  {label}: settling {settle:.0f} s, then counting slurmctld RPCs for {window:.0f} s")
     time.sleep(settle)
-    mine = gateway.pids()
-    others_before = other_gateways(mine)
+    others_before = other_gateways(gateway.pids())
+    calls_before = gateway.calls()
     out = run(["sdiag", "--reset"])
     if out.returncode != 0:
         raise BenchError(f"sdiag --reset failed: {out.stderr.strip()}")
     t0 = time.monotonic()
     time.sleep(window)
     users, types = sdiag_counts()
+    calls_after = gateway.calls()
     elapsed = time.monotonic() - t0
     others = sorted(set(others_before) | set(other_gateways(gateway.pids())))
-    per_minute = {user: count * 60 / elapsed for user, count in users.items()}
+    calls = {c: calls_after[c] - calls_before[c] for c in COUNTED_COMMANDS}
+    costs = {c: rpc_cost(gateway, c) for c in COUNTED_COMMANDS if calls[c]}
+    queries = sum(calls[c] * (costs[c] or 0) for c in costs)
+    as_user = users.get(USER, 0)
+    per_minute = 60 / elapsed
     return {
         "window_s": elapsed,
-        "service_account_per_min": per_minute.get(SERVICE_ACCOUNT, 0.0),
-        "user_per_min": per_minute.get(USER, 0.0),
-        "total_per_min": sum(per_minute.values()),
-        "by_user_per_min": per_minute,
-        "by_type": dict(sorted(types.items(), key=lambda kv: -kv[1])[:8]),
+        "gateway_per_min": (queries + as_user) * per_minute,
+        "calls_per_min": {c: n * per_minute for c, n in calls.items()},
+        "rpcs_per_call": costs,
+        "as_user_per_min": as_user * per_minute,
+        "sdiag_service_account_per_min": users.get(SERVICE_ACCOUNT, 0) * per_minute,
+        "sdiag_by_user_per_min": {u: n * per_minute for u, n in users.items()},
+        "by_type": dict(sorted(types.items(), key=lambda kv: -kv[1])[:6]),
         "other_gateways": others,
     }
 
@@ -615,7 +685,7 @@ def benchmark(args, root: Path) -> dict:
         stock = GatewayProcess(
             "stock-live",
             STOCK_SERVER,
-            lambda workdir: stock_config("stock-live", wrapper, held=False),
+            lambda workdir: stock_config("stock-live", workdir, wrapper, held=False),
             gateways_root,
         )
         try:
@@ -738,7 +808,7 @@ def benchmark(args, root: Path) -> dict:
         stock = GatewayProcess(
             "stock-held",
             STOCK_SERVER,
-            lambda workdir: stock_config("stock-held", wrapper, held=True),
+            lambda workdir: stock_config("stock-held", workdir, wrapper, held=True),
             gateways_root,
         )
         try:
@@ -823,8 +893,8 @@ def rows(results: dict) -> list[tuple[str, dict]]:
 
     s5 = {}
     for system in ("ours", "stock"):
-        small = pick("s5", system, "1x10", "service_account_per_min")
-        big = pick("s5", system, "10x10", "service_account_per_min")
+        small = pick("s5", system, "1x10", "gateway_per_min")
+        big = pick("s5", system, "10x10", "gateway_per_min")
         s5[system] = (small, big)
     growth = {
         system: (
@@ -981,7 +1051,8 @@ def details(results: dict) -> str:
     )
     lines.append(f"ours installed: {env['ours_installed']}")
     lines.append(
-        f"other users' jobs at start: {env['other_users_jobs_at_start']}; load average "
+        f"other users' jobs at start: {env['other_users_jobs_at_start']}, other "
+        f"{SERVICE_ACCOUNT} gateway processes: {env['other_gateways_at_start']}; load average "
         f"start {tuple(round(x, 2) for x in env['loadavg_at_start'])} end "
         f"{tuple(round(x, 2) for x in env.get('loadavg_at_end', ()))}"
     )
@@ -1042,16 +1113,22 @@ def details(results: dict) -> str:
         if not isinstance(s5, dict) or "error" in s5:
             continue
         for label, m in s5.items():
-            by_user = ", ".join(f"{u} {c:.1f}" for u, c in sorted(m["by_user_per_min"].items()))
+            calls = ", ".join(
+                f"{c} {n:.1f}/min x {_fmt(m['rpcs_per_call'].get(c))} RPCs"
+                for c, n in m["calls_per_min"].items()
+                if n
+            )
             lines.append(
                 f"5. {system} {label} ({m['queued']} jobs queued, {m['window_s']:.0f} s): "
-                f"RPCs/min by user: {by_user}; top types: "
-                + ", ".join(f"{t} {c}" for t, c in m["by_type"].items())
+                f"{_fmt(m['gateway_per_min'])} RPCs/min = calls {calls or 'none'}; as {USER} "
+                f"{_fmt(m['as_user_per_min'])}/min. sdiag, all users: "
+                + ", ".join(f"{u} {c:.0f}" for u, c in sorted(m["sdiag_by_user_per_min"].items()))
             )
             if m["other_gateways"]:
                 lines.append(
-                    f"   WARNING: other {SERVICE_ACCOUNT} gateways were running, their RPCs are "
-                    f"counted too: {'; '.join(m['other_gateways'])}"
+                    f"   (sdiag's {SERVICE_ACCOUNT} line also counts {len(m['other_gateways'])} "
+                    f"other {SERVICE_ACCOUNT} processes that were running, e.g. "
+                    f"{m['other_gateways'][0][:100]})"
                 )
     for failure in results.get("_failures", []):
         lines.append(f"FAILED {failure.splitlines()[0][:400]}")
@@ -1066,6 +1143,14 @@ def main() -> int:
     parser.add_argument("--skip-stock-rpc", action="store_true", help="scenario 5 for ours only")
     parser.add_argument(
         "--only", help="comma-separated subset: floor,s1,s2,s3,s5,s6 (s2 includes 4 and 2b)"
+    )
+    parser.add_argument(
+        "--wait-quiet",
+        type=float,
+        default=0,
+        metavar="SECONDS",
+        help=f"first wait up to this long for other {SERVICE_ACCOUNT} gateways (e.g. e2e "
+        "tests) to stop, so that they do not disturb the timings",
     )
     parser.add_argument("--json", help="also write the raw results to this file")
     parser.add_argument("--keep-workdir", action="store_true", help="keep configs and logs")
@@ -1088,6 +1173,11 @@ def main() -> int:
         ensure_bench_venv()
         install_sudoers()
         cancel_user_jobs(f"left over in {USER}'s queue before the benchmark")
+        if args.wait_quiet and other_gateways(set()):
+            log(f"waiting up to {args.wait_quiet:.0f} s for other {SERVICE_ACCOUNT} gateways")
+            deadline = time.monotonic() + args.wait_quiet
+            while other_gateways(set()) and time.monotonic() < deadline:
+                time.sleep(5)
         results = benchmark(args, root)
     except BenchError as exc:
         print(f"benchmark aborted: {exc}", file=sys.stderr)

@@ -10,6 +10,7 @@ import pwd
 import stat
 import sys
 import time
+from datetime import datetime
 from pathlib import Path
 
 from aiohttp import web
@@ -35,6 +36,7 @@ from .slurm import (
     parse_sbatch_job_ids,
     sbatch_command,
     scancel_command,
+    slurm_unreachable,
     walltime_seconds,
 )
 from .tracker import JobTracker
@@ -90,6 +92,21 @@ class SlurmBackend(DBBackendBase):
         "dask-gateway",
         help="""Jobs are named ``<prefix>-scheduler`` and ``<prefix>-worker``; the gateway
         finds its jobs in squeue by these names.""",
+        config=True,
+    )
+
+    orphan_check_period = Float(
+        60,
+        min=1,
+        help="""Seconds between checks for orphan jobs: jobs bearing this gateway's marker
+        that no active cluster owns (e.g. submitted just before a crash). They are cancelled.""",
+        config=True,
+    )
+
+    orphan_min_age = Float(
+        60,
+        min=0,
+        help="Seconds a job must have existed before it can be judged an orphan.",
         config=True,
     )
 
@@ -152,6 +169,15 @@ class SlurmBackend(DBBackendBase):
         help="""Workers leave gracefully this many seconds (at most a quarter of their
         walltime) before their job's walltime, so that their data moves to other workers;
         the gateway starts a replacement while the cluster has time left.""",
+        config=True,
+    )
+
+    slurm_retry_timeout = Float(
+        90,
+        min=0,
+        help="""Seconds to keep retrying a submission while slurmctld does not answer
+        (restart, outage) before reporting "SLURM unavailable". Cancellations are retried
+        until they succeed.""",
         config=True,
     )
 
@@ -266,6 +292,7 @@ class SlurmBackend(DBBackendBase):
                 if worker.status < JobStatus.STOPPED:
                     self._track(worker.state.get("job_id"), cluster, worker)
         self.task_pool.spawn(self._poll_loop())
+        self.task_pool.spawn(self._orphan_loop())
         # Everything above is set before the first await: reconcilers may already be running.
         if self.use_job_arrays:
             self._worker_submissions.max_batch = await self._array_limit()
@@ -358,6 +385,44 @@ class SlurmBackend(DBBackendBase):
                     )
                     self.db.update_worker(worker, target=JobStatus.FAILED)
                     self.queue.put(worker)
+
+    @property
+    def job_marker(self) -> str:
+        """Prefix of every job's ``--comment``; tells this gateway's jobs from others'."""
+        return f"dask-gateway@{self.state_directory}"
+
+    async def _orphan_loop(self):
+        while True:
+            try:
+                await self._cancel_orphans()
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                self.log.warning("Error while checking for orphan jobs", exc_info=True)
+            await asyncio.sleep(self.orphan_check_period)
+
+    async def _cancel_orphans(self):
+        """Cancel active jobs bearing our marker that no active cluster owns."""
+        await self.tracker.poll(force=True)
+        if not self.tracker.slurm_available:
+            return
+        now = time.time()
+        orphans: dict[str, list[str]] = {}
+        for job_id, info in self.tracker.last_seen.items():
+            if (
+                info.comment.startswith(self.job_marker + ":")
+                and info.is_active
+                and job_id not in self._job_owners
+                and now - _epoch(info.submit_time) > self.orphan_min_age
+            ):
+                orphans.setdefault(info.user, []).append(job_id)
+        for user, job_ids in orphans.items():
+            self.log.warning(
+                "Cancelling orphan jobs of user %s (no active cluster owns them): %s",
+                user,
+                " ".join(job_ids),
+            )
+            await self._cancel(user, job_ids)
 
     def _is_alive(self, obj) -> bool:
         info = self._job_info(obj)
@@ -588,7 +653,7 @@ class SlurmBackend(DBBackendBase):
         log_directory = self._log_directory(cluster)
         job = {
             "name": f"{self.job_name_prefix}-{role}",
-            "comment": f"dask-gateway:{cluster.name}:{role}",
+            "comment": f"{self.job_marker}:{cluster.name}:{role}",
             "log_file": f"{log_directory}/{role}-{'%A_%a' if len(workers) > 1 else '%j'}.log",
             "array": f"0-{len(workers) - 1}" if len(workers) > 1 else "",
             "chdir": log_directory,
@@ -662,26 +727,51 @@ class SlurmBackend(DBBackendBase):
     # -- SLURM commands as the user ----------------------------------------------------------
 
     async def _sbatch(self, username: str, script: str, tasks: int = 1) -> list[str]:
-        """Submit a job (or job array of ``tasks`` tasks) as the user; return the job ids."""
-        result = await self.runner.run(
-            sbatch_command(self.sbatch), user=username, stdin=script.encode()
-        )
-        if not result.ok:
-            raise SlurmError(f"SLURM refused the job: {result.summary()}")
-        return parse_sbatch_job_ids(result.stdout, tasks)
+        """Submit a job (or job array of ``tasks`` tasks) as the user; return the job ids.
+
+        While slurmctld does not answer, retry for ``slurm_retry_timeout`` seconds."""
+        deadline = time.monotonic() + self.slurm_retry_timeout
+        delay = 1.0
+        while True:
+            result = await self.runner.run(
+                sbatch_command(self.sbatch), user=username, stdin=script.encode()
+            )
+            if result.ok:
+                return parse_sbatch_job_ids(result.stdout, tasks)
+            if not slurm_unreachable(result.stderr):
+                raise SlurmError(f"SLURM refused the job: {result.summary()}")
+            if time.monotonic() + delay > deadline:
+                raise SlurmError(
+                    f"SLURM unavailable for {self.slurm_retry_timeout:.0f} s "
+                    f"(slurmctld does not answer): {result.summary()}"
+                )
+            self.log.warning("SLURM unavailable, retrying sbatch in %.0f s", delay)
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 10)
 
     async def _cancel(self, username: str, job_ids: list[str]):
         if not job_ids:
             return
         result = await self.runner.run(scancel_command(job_ids, self.scancel), user=username)
-        self.log.info("Cancelled jobs of user %s: %s", username, " ".join(job_ids))
+        if result.ok:
+            self.log.info("Cancelled jobs of user %s: %s", username, " ".join(job_ids))
+        elif slurm_unreachable(result.stderr):
+            # Never forget a job to cancel because slurmctld is away: retry until it answers.
+            self.log.warning("SLURM unavailable, will retry cancelling %s", " ".join(job_ids))
+            self.task_pool.spawn(self._cancel_when_slurm_answers(username, job_ids))
         # scancel exits non-zero for jobs that already ended; that is what we wanted.
-        if (
-            not result.ok
-            and "already" not in result.stderr
-            and "Invalid job id" not in result.stderr
-        ):
+        elif "already" not in result.stderr and "Invalid job id" not in result.stderr:
             raise SlurmError(f"could not cancel jobs {', '.join(job_ids)}: {result.summary()}")
+
+    async def _cancel_when_slurm_answers(self, username: str, job_ids: list[str]):
+        delay = 2.0
+        while True:
+            await asyncio.sleep(delay)
+            result = await self.runner.run(scancel_command(job_ids, self.scancel), user=username)
+            if not slurm_unreachable(result.stderr):
+                self.log.info("Cancelled jobs of user %s: %s", username, " ".join(job_ids))
+                return
+            delay = min(delay * 2, 30)
 
     async def _make_directory(self, username: str, path: str):
         result = await self.runner.run([self.mkdir, "-p", "-m", "0700", "--", path], user=username)
@@ -726,6 +816,14 @@ class SlurmBackend(DBBackendBase):
                 )
                 return web.json_response({"error": failure}, status=409)
         return response
+
+
+def _epoch(slurm_time: str) -> float:
+    """Seconds since the epoch of a SLURM timestamp (local time); now if unreadable."""
+    try:
+        return datetime.fromisoformat(slurm_time).timestamp()
+    except ValueError:
+        return time.time()
 
 
 def _read_or_create_key(path: Path) -> bytes:

@@ -53,8 +53,18 @@ NOT_THE_JOBS_FAULT = frozenset({"BOOT_FAIL", "NODE_FAIL", "PREEMPTED"})
 SUBMITTED = "SUBMITTED"
 UNKNOWN = "UNKNOWN"
 
-_SQUEUE_FIELDS = ("job_id", "state", "reason", "nodes", "elapsed", "start_time")
-_SQUEUE_FORMAT = "%i|%T|%r|%N|%M|%S"
+_SQUEUE_FIELDS = (
+    "job_id",
+    "state",
+    "reason",
+    "nodes",
+    "elapsed",
+    "start_time",
+    "user",
+    "submit_time",
+    "comment",
+)
+_SQUEUE_FORMAT = "%i|%T|%r|%N|%M|%S|%u|%V|%k"
 _SACCT_FIELDS = ("job_id", "state", "exit_code", "nodes", "elapsed", "reason")
 _SACCT_FORMAT = "JobID,State,ExitCode,NodeList,Elapsed,Reason"
 _JOB_ID = re.compile(r"^\d+(_\d+)?$")  # a job, or one task of a job array
@@ -78,6 +88,10 @@ class JobInfo:
     accounted: bool = False
     #: When (``time.time()``) a poll first saw the job RUNNING.
     running_since: float | None = None
+    user: str = ""
+    submit_time: str = ""
+    #: The job's ``--comment``: the gateway's marker, cluster and role.
+    comment: str = ""
 
     @property
     def is_terminal(self) -> bool:
@@ -106,6 +120,22 @@ def parse_sbatch_output(stdout: str) -> str:
         if _JOB_ID.match(job_id):
             return job_id
     raise ValueError(f"sbatch printed no job id: {stdout.strip()!r}")
+
+
+# What SLURM commands print when slurmctld cannot be reached (down, restarting, overloaded).
+_UNREACHABLE = (
+    "Unable to contact slurm controller",
+    "Socket timed out",
+    "Zero Bytes were transmitted or received",
+    "Slurm temporarily unable",
+    "Connection refused",
+    "slurm_load_jobs error: Unable",
+)
+
+
+def slurm_unreachable(stderr: str) -> bool:
+    """True if a command failed because slurmctld did not answer (worth retrying)."""
+    return any(marker in stderr for marker in _UNREACHABLE)
 
 
 def parse_sbatch_job_ids(stdout: str, tasks: int) -> list[str]:
@@ -157,6 +187,9 @@ def parse_squeue(stdout: str) -> dict[str, JobInfo]:
             nodes=row["nodes"],
             elapsed=row["elapsed"],
             start_time="" if row["start_time"] in ("N/A", "Unknown") else row["start_time"],
+            user=row["user"],
+            submit_time=row["submit_time"],
+            comment="" if row["comment"] == "(null)" else row["comment"],
         )
     return jobs
 

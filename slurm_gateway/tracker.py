@@ -52,6 +52,8 @@ class JobTracker:
         self._lock = asyncio.Lock()
         #: False while the last ``squeue`` failed (SLURM unreachable).
         self.slurm_available = True
+        #: Every job carrying our job names at the last successful poll, tracked or not.
+        self.last_seen: dict[str, JobInfo] = {}
 
     def track(self, job_id: str) -> None:
         self._jobs.setdefault(job_id, JobInfo(job_id))
@@ -67,14 +69,16 @@ class JobTracker:
     def __len__(self) -> int:
         return len(self._jobs)
 
-    async def poll(self) -> list[JobInfo]:
-        """Refresh every tracked job; return those seen ending during this poll."""
-        async with self._lock:
-            return await self._poll()
+    async def poll(self, force: bool = False) -> list[JobInfo]:
+        """Refresh every tracked job; return those seen ending during this poll.
 
-    async def _poll(self) -> list[JobInfo]:
+        Without tracked jobs nothing is asked of SLURM, unless ``force``."""
+        async with self._lock:
+            return await self._poll(force)
+
+    async def _poll(self, force: bool) -> list[JobInfo]:
         open_ids = [j for j, info in self._jobs.items() if not info.accounted]
-        if not open_ids:
+        if not open_ids and not force:
             return []
         result = await self._run(squeue_command(self._job_names, self._squeue))
         if not result.ok:
@@ -89,7 +93,7 @@ class JobTracker:
         self.slurm_available = True
 
         before = {j: self._jobs[j] for j in open_ids}
-        queued = parse_squeue(result.stdout)
+        queued = self.last_seen = parse_squeue(result.stdout)
         left_queue = []
         for job_id in open_ids:
             seen = queued.get(job_id)

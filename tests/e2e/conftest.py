@@ -11,6 +11,7 @@ import json
 import os
 import pwd
 import shutil
+import signal
 import subprocess
 import tempfile
 import textwrap
@@ -94,11 +95,18 @@ class Gateway:
         (self.client_config / "gateway.yaml").write_text(out.stdout)
         os.chmod(self.client_config / "gateway.yaml", 0o644)
         log = open(self.log, "ab")
+        # Started directly as the service account (not through runuser), so that signals
+        # sent to self.proc reach the gateway itself.
+        account = pwd.getpwnam(SERVICE_ACCOUNT)
         self.proc = subprocess.Popen(
-            [RUNUSER, "-u", SERVICE_ACCOUNT, "--", GATEWAY, "-f", str(self.config)],
+            [GATEWAY, "-f", str(self.config)],
             stdout=log,
             stderr=subprocess.STDOUT,
             cwd="/",
+            user=account.pw_uid,
+            group=account.pw_gid,
+            extra_groups=[],
+            env={"PATH": "/usr/bin:/bin", "HOME": account.pw_dir, "LANG": "C.UTF-8"},
         )
         ok = wait_until(self._healthy, 30)
         assert ok, "gateway did not start:\n" + self.log_tail()
@@ -110,9 +118,9 @@ class Gateway:
         except OSError:
             return False
 
-    def stop(self):
+    def stop(self, sig: int = signal.SIGTERM):
         if self.proc and self.proc.poll() is None:
-            self.proc.terminate()
+            self.proc.send_signal(sig)
             try:
                 self.proc.wait(30)
             except subprocess.TimeoutExpired:

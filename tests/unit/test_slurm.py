@@ -9,9 +9,13 @@ from slurm_gateway.slurm import (
     parse_sbatch_job_ids,
     parse_sbatch_output,
     parse_squeue,
+    slurm_unreachable,
     squeue_command,
     walltime_seconds,
 )
+
+# user, submit time and comment columns of an squeue line
+TAIL = "|alice|2026-11-22T11:00:00|dask-gateway:c0:worker\n"
 
 
 def test_sbatch_job_id_with_and_without_cluster_name():
@@ -36,12 +40,15 @@ def test_squeue_selects_jobs_by_name_in_all_states():
 
 
 def test_squeue_pending_reason_running_node_and_finished_states():
-    out = (
-        "101|PENDING|Resources|||2026-11-22T12:00:00\n"
-        "102|RUNNING|None|n1|0:05|2026-11-22T11:00:00\n"
-        "103|OUT_OF_MEMORY|OutOfMemory|n2|0:12|2026-11-22T11:00:00\n"
-        "104|PENDING|Nodes required for job are DOWN, DRAINED or reserved|||N/A\n"
-        "garbage line\n"
+    out = "".join(
+        line + TAIL
+        for line in [
+            "101|PENDING|Resources|||2026-11-22T12:00:00",
+            "102|RUNNING|None|n1|0:05|2026-11-22T11:00:00",
+            "103|OUT_OF_MEMORY|OutOfMemory|n2|0:12|2026-11-22T11:00:00",
+            "104|PENDING|Nodes required for job are DOWN, DRAINED or reserved|||N/A",
+            "garbage line",
+        ]
     )
     jobs = parse_squeue(out)
     assert set(jobs) == {"101", "102", "103", "104"}
@@ -50,6 +57,7 @@ def test_squeue_pending_reason_running_node_and_finished_states():
     assert jobs["102"].reason == "" and jobs["102"].nodes == "n1" and jobs["102"].is_active
     assert jobs["103"].is_terminal and not jobs["103"].is_active
     assert jobs["104"].reason.startswith("Nodes required") and jobs["104"].start_time == ""
+    assert jobs["102"].user == "alice" and jobs["102"].comment == "dask-gateway:c0:worker"
 
 
 def test_sacct_final_states_exit_codes_and_cancelling_user():
@@ -97,7 +105,9 @@ def test_walltime_conversions():
 
 def test_array_tasks_are_tracked_one_per_line():
     assert "--array" in squeue_command(["w"])
-    jobs = parse_squeue("123_0|RUNNING|None|n1|0:05|N/A\n123_1|PENDING|Resources|||N/A\n")
+    jobs = parse_squeue(
+        "123_0|RUNNING|None|n1|0:05|N/A" + TAIL + "123_1|PENDING|Resources|||N/A" + TAIL
+    )
     assert set(jobs) == {"123_0", "123_1"} and jobs["123_1"].reason == "Resources"
     accounted = parse_sacct("123_0|CANCELLED by 1001|0:15|n1|00:00:09|None\n")
     assert accounted["123_0"].state == "CANCELLED"
@@ -112,3 +122,14 @@ def test_max_array_size_from_scontrol_show_config():
     config = "MaxArraySize            = 1001\nMaxJobCount             = 10000\n"
     assert parse_max_array_size(config) == 1001
     assert parse_max_array_size("nothing here") is None
+
+
+def test_unreachable_controller_is_told_apart_from_a_refused_job():
+    assert slurm_unreachable(
+        "sbatch: error: Batch job submission failed: Unable to contact slurm controller "
+        "(connect failure)"
+    )
+    assert slurm_unreachable("squeue: error: slurm_receive_msg: Socket timed out on send/recv")
+    assert not slurm_unreachable(
+        "sbatch: error: Batch job submission failed: Requested node configuration is not available"
+    )

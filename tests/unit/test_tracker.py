@@ -6,6 +6,9 @@ import asyncio
 from slurm_gateway.tracker import JobTracker
 from slurm_gateway.transport import CommandResult
 
+# user, submit time and comment columns of an squeue line
+TAIL = "|alice|2026-11-22T11:00:00|dask-gateway:c0:worker\n"
+
 
 class FakeSlurm:
     """Answers squeue/sacct from scripted output and records every call."""
@@ -32,7 +35,7 @@ def test_one_squeue_per_poll_whatever_the_number_of_jobs():
     tracker = _tracker(slurm)
     for i in range(500):
         tracker.track(str(i))
-    slurm.squeue = "".join(f"{i}|RUNNING|None|n1|1:00|N/A\n" for i in range(500))
+    slurm.squeue = "".join(f"{i}|RUNNING|None|n1|1:00|N/A" + TAIL for i in range(500))
     assert asyncio.run(tracker.poll()) == []
     assert slurm.calls == ["squeue"]
     assert tracker.get("499").state == "RUNNING"
@@ -42,10 +45,10 @@ def test_finished_job_is_reported_once_with_its_accounting():
     slurm = FakeSlurm()
     tracker = _tracker(slurm)
     tracker.track("7")
-    slurm.squeue = "7|RUNNING|None|n2|0:10|N/A\n"
+    slurm.squeue = "7|RUNNING|None|n2|0:10|N/A" + TAIL
     asyncio.run(tracker.poll())
-    slurm.squeue = "7|OUT_OF_MEMORY|OutOfMemory|n2|0:12|N/A\n"
-    slurm.sacct = "7|OUT_OF_MEMORY|0:125|n2|00:00:12|None\n"
+    slurm.squeue = "7|OUT_OF_MEMORY|OutOfMemory|n2|0:12|N/A" + TAIL
+    slurm.sacct = "7|OUT_OF_MEMORY|0:125|n2|00:00:12|None" + TAIL
     finished = asyncio.run(tracker.poll())
     assert [(f.job_id, f.state, f.exit_code, f.nodes) for f in finished] == [
         ("7", "OUT_OF_MEMORY", "0:125", "n2")
@@ -58,7 +61,7 @@ def test_slurm_outage_keeps_last_known_states():
     slurm = FakeSlurm()
     tracker = _tracker(slurm)
     tracker.track("8")
-    slurm.squeue = "8|RUNNING|None|n1|0:10|N/A\n"
+    slurm.squeue = "8|RUNNING|None|n1|0:10|N/A" + TAIL
     asyncio.run(tracker.poll())
     slurm.squeue_rc = 1
     assert asyncio.run(tracker.poll()) == []

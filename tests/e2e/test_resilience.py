@@ -1,0 +1,90 @@
+"""Nothing lost: orphans cancelled, SIGKILL restarts adopted (issue 5, first part)."""
+
+import signal
+
+from conftest import RUNUSER, run, user_jobs, wait_until
+
+
+def test_untracked_job_with_the_gateways_marker_is_cancelled(make_gateway):
+    gw = make_gateway("c.SlurmBackend.orphan_check_period = 2\nc.SlurmBackend.orphan_min_age = 0\n")
+    marker = f"dask-gateway@{gw.workdir / 'state'}:gone-cluster:worker"
+    # What a crash between sbatch and the database write would leave behind.
+    out = run(
+        [
+            RUNUSER,
+            "-u",
+            "alice",
+            "--",
+            "sbatch",
+            "--parsable",
+            "--job-name",
+            "dask-gateway-worker",
+            f"--comment={marker}",
+            "-o",
+            "/dev/null",
+            "--wrap",
+            "sleep 300",
+        ]
+    )
+    assert out.returncode == 0, out.stderr
+    job_id = out.stdout.strip()
+    # A job of alice's without the marker is none of the gateway's business.
+    other = run(
+        [
+            RUNUSER,
+            "-u",
+            "alice",
+            "--",
+            "sbatch",
+            "--parsable",
+            "--job-name",
+            "dask-gateway-worker",
+            "-o",
+            "/dev/null",
+            "--wrap",
+            "sleep 300",
+        ]
+    )
+    try:
+        assert wait_until(
+            lambda: not any(j.startswith(job_id + " ") for j in user_jobs("alice")), 20
+        ), user_jobs("alice")
+        assert f"Cancelling orphan jobs of user alice (no active cluster owns them): {job_id}" in (
+            gw.log.read_text()
+        )
+        assert any(j.startswith(other.stdout.strip() + " ") for j in user_jobs("alice"))
+    finally:
+        run(["scancel", job_id, other.stdout.strip()])
+
+
+def test_cluster_survives_sigkill_of_the_gateway_while_computing(as_user, make_gateway):
+    gw = make_gateway("")
+    made = as_user(
+        "alice",
+        """
+        cluster = Gateway().new_cluster(shutdown_on_close=False, worker_memory=1)
+        cluster.scale(2)
+        cluster.get_client().wait_for_workers(2, timeout=120)
+        report(name=cluster.name)
+        """,
+        via=gw,
+    )
+    jobs_before = sorted(user_jobs("alice"))
+    gw.stop(sig=signal.SIGKILL)
+    gw.start()
+    after = as_user(
+        "alice",
+        f"""
+        gateway = Gateway()
+        cluster = gateway.connect({made["name"]!r})
+        client = cluster.get_client()
+        total = sum(client.gather(client.map(lambda x: x + 1, range(50))))
+        cluster.scale(3)
+        client.wait_for_workers(3, timeout=120)
+        cluster.shutdown()
+        report(total=total)
+        """,
+        via=gw,
+    )
+    assert after == {"total": sum(range(1, 51))}
+    assert len(jobs_before) == 3  # scheduler + 2 workers, none duplicated by the restart
