@@ -1,8 +1,13 @@
 """Nothing lost: orphans cancelled, SIGKILL restarts adopted (issue 5, first part)."""
 
+import os
 import signal
+import time
+from pathlib import Path
 
 from conftest import RUNUSER, run, user_jobs, wait_until
+
+REPO = Path(__file__).resolve().parents[2]
 
 
 def test_untracked_job_with_the_gateways_marker_is_cancelled(make_gateway):
@@ -88,3 +93,64 @@ def test_cluster_survives_sigkill_of_the_gateway_while_computing(as_user, make_g
     )
     assert after == {"total": sum(range(1, 51))}
     assert len(jobs_before) == 3  # scheduler + 2 workers, none duplicated by the restart
+
+
+def _stop_daemon(name: str):
+    pid = int(open(f"/run/slurm-gateway-dev/{name}.pid").read())
+    os.kill(pid, signal.SIGTERM)
+    assert wait_until(lambda: not os.path.exists(f"/proc/{pid}"), 30)
+
+
+def _start_daemons():
+    out = run(["bash", str(REPO / "scripts" / "dev-cluster.sh"), "up"])
+    assert out.returncode == 0, out.stderr[-2000:]
+
+
+def test_slurmctld_down_for_60_s_fails_no_cluster(as_user, make_gateway):
+    gw = make_gateway("")
+    made = as_user(
+        "alice",
+        """
+        cluster = Gateway().new_cluster(shutdown_on_close=False, worker_memory=1)
+        cluster.scale(1)
+        cluster.get_client().wait_for_workers(1, timeout=120)
+        report(name=cluster.name)
+        """,
+        via=gw,
+    )
+    connect = f"""
+        gateway = Gateway()
+        cluster = gateway.connect({made["name"]!r})
+        client = cluster.get_client()
+    """
+    _stop_daemon("slurmctld")
+    try:
+        during = as_user(
+            "alice",
+            connect
+            + """
+        total = client.submit(sum, range(10)).result(timeout=60)
+        cluster.scale(2)  # needs SLURM: the submission waits for slurmctld
+        report(total=total, status=[c.status.name for c in gateway.list_clusters()])
+        """,
+            via=gw,
+        )
+        time.sleep(60 - 5)
+    finally:
+        _start_daemons()
+    after = as_user(
+        "alice",
+        connect
+        + """
+        client.wait_for_workers(2, timeout=120)
+        total = sum(client.gather(client.map(lambda x: x * 3, range(30))))
+        cluster.shutdown()
+        report(total=total)
+        """,
+        via=gw,
+    )
+    assert during == {"total": 45, "status": ["RUNNING"]}
+    assert after == {"total": sum(range(0, 90, 3))}
+    log = gw.log.read_text()
+    assert "SLURM unavailable" in log
+    assert f"Cluster {made['name']} failed" not in log
