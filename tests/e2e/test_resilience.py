@@ -154,3 +154,58 @@ def test_slurmctld_down_for_60_s_fails_no_cluster(as_user, make_gateway):
     log = gw.log.read_text()
     assert "SLURM unavailable" in log
     assert f"Cluster {made['name']} failed" not in log
+
+
+def test_concurrent_requests_cannot_both_pass_a_limit_of_one(as_user, make_gateway):
+    gw = make_gateway("c.SlurmBackend.max_clusters_per_user = 1\n")
+    result = as_user(
+        "alice",
+        """
+        import threading
+        outcomes = []
+
+        def create():
+            gateway = Gateway()
+            try:
+                outcomes.append(("ok", gateway.new_cluster(shutdown_on_close=False).name))
+            except Exception as exc:
+                outcomes.append(("error", f"{type(exc).__name__}: {exc}"))
+
+        threads = [threading.Thread(target=create) for _ in range(2)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        for kind, value in outcomes:
+            if kind == "ok":
+                Gateway().stop_cluster(value)
+        report(outcomes=sorted(outcomes))
+        """,
+        via=gw,
+    )
+    (first, second) = result["outcomes"]
+    assert first[0] == "error" and second[0] == "ok", result
+    assert first[1].startswith("ValueError") and "limit per user is 1" in first[1]
+
+
+def test_cores_limit_caps_scale_with_the_stock_message(as_user, make_gateway):
+    gw = make_gateway("c.SlurmBackend.max_cores_per_user = 3\n")
+    result = as_user(
+        "alice",
+        """
+        import warnings
+        cluster = Gateway().new_cluster(worker_memory=0.5)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            cluster.scale(5)
+        client = cluster.get_client()
+        client.wait_for_workers(2, timeout=120)
+        time.sleep(3)
+        workers = len(client.scheduler_info()["workers"])
+        cluster.shutdown()
+        report(workers=workers, warnings=[str(w.message) for w in caught])
+        """,
+        via=gw,
+    )
+    assert result["workers"] == 2
+    assert any("exceed resource limit of 2 workers" in w for w in result["warnings"]), result
