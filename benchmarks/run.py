@@ -484,6 +484,8 @@ class Clients:
                         proc.stdin.flush()
                     elif kind == "result":
                         result = message
+                        with open(log_file, "a") as out:
+                            out.write(f"\nresult: {json.dumps(result)}\n")
                     elif kind == "error":
                         error = message["error"]
             proc.wait(60)
@@ -743,6 +745,9 @@ def benchmark(args, root: Path) -> dict:
                         "jq_scale_wait", {"args": {**jq_args, "port": JOBQUEUE_PORT}, "n": 16}, 400
                     ),
                 )
+        except BenchError as exc:  # a gateway that did not start: go on without it
+            log(f"FAILED: {exc}")
+            results.setdefault("_failures", []).append(str(exc))
         finally:
             ours.stop()
             stock.stop()
@@ -799,6 +804,9 @@ def benchmark(args, root: Path) -> dict:
                     "ours",
                     lambda: rpc_scenario(clients, ours, ours_options, args),
                 )
+        except BenchError as exc:  # a gateway that did not start: go on without it
+            log(f"FAILED: {exc}")
+            results.setdefault("_failures", []).append(str(exc))
         finally:
             ours.stop()
             cancel_user_jobs("after our held-workers gateway")
@@ -829,6 +837,9 @@ def benchmark(args, root: Path) -> dict:
             if wanted("s5") and not args.skip_stock_rpc:
                 log("scenario 5 (stock): slurmctld RPCs, 1 x 10 then 10 x 10 idle clusters")
                 guarded(results, "s5", "stock", lambda: rpc_scenario(clients, stock, {}, args))
+        except BenchError as exc:  # a gateway that did not start: go on without it
+            log(f"FAILED: {exc}")
+            results.setdefault("_failures", []).append(str(exc))
         finally:
             stock.stop()
             cancel_user_jobs("after the stock held-workers gateway")

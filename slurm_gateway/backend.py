@@ -285,6 +285,9 @@ class SlurmBackend(DBBackendBase):
         # Answer a client's wait for a failed cluster with 409 and our reason: the stock
         # client then raises it verbatim instead of "failed to start, see logs".
         app.middlewares.append(self._failure_reason_middleware)
+        # The stock scale/adapt routes pass some bad values on to the scheduler; adapt with
+        # minimum > maximum even makes the scheduler fail and the gateway stop the cluster.
+        app.middlewares.append(_scale_request_middleware)
         await super().setup(app)
 
     async def do_setup(self):
@@ -858,6 +861,46 @@ class SlurmBackend(DBBackendBase):
                 )
                 return web.json_response({"error": failure}, status=409)
         return response
+
+
+def _is_count(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+
+
+def scale_request_problem(action: str, body) -> str | None:
+    """Why a scale/adapt request body is unacceptable, or None."""
+    if not isinstance(body, dict):
+        return f"{action} expects a JSON object"
+    if action == "scale":
+        count = body.get("count")
+        return None if _is_count(count) else f"scale expects a non-negative integer, got {count!r}"
+    minimum, maximum = body.get("minimum"), body.get("maximum")
+    for name, value in (("minimum", minimum), ("maximum", maximum)):
+        if value is not None and not _is_count(value):
+            return f"adapt: {name} must be a non-negative integer, got {value!r}"
+    if minimum is not None and maximum is not None and minimum > maximum:
+        return f"adapt: minimum ({minimum}) must not exceed maximum ({maximum})"
+    if not isinstance(body.get("active", True), bool):
+        return "adapt: active must be true or false"
+    return None
+
+
+@web.middleware
+async def _scale_request_middleware(request, handler):
+    action = request.path.rstrip("/").rsplit("/", 1)[-1]
+    if (
+        request.method == "POST"
+        and action in ("scale", "adapt")
+        and "cluster_name" in (request.match_info)
+    ):
+        try:
+            body = await request.json()
+        except ValueError:
+            body = None
+        problem = scale_request_problem(action, body)
+        if problem:
+            return web.json_response({"error": problem}, status=422)
+    return await handler(request)
 
 
 def _epoch(slurm_time: str) -> float:
