@@ -492,6 +492,10 @@ exec {python} -m distributed.cli.dask_worker tcp://127.0.0.1:{port} --host 127.0
         many = time.perf_counter() - t1
         client.close()
         client = None
+        # Like a gateway cluster being shut down in scenario 4: a running scheduler and
+        # 100 queued (held) workers; here also the 17 running workers.
+        sbatch(worker, "--array=0-99", "--hold")
+        wait_queued(time.perf_counter(), lambda q: q >= 118, 60)
         t2 = time.perf_counter()
         scancel_all()
         teardown, _ = wait_queued(t2, lambda q: q == 0, 60)
