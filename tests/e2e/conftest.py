@@ -229,6 +229,13 @@ from dask_gateway import Gateway, GatewayClusterError
 def report(**findings):
     print(json.dumps(findings), flush=True)
 
+def running_cluster(workers):
+    # A cluster that outlives this client, its workers connected; returns its name.
+    cluster = Gateway().new_cluster(shutdown_on_close=False, worker_memory=1)
+    cluster.scale(workers)
+    cluster.get_client().wait_for_workers(workers, timeout=120)
+    return cluster.name
+
 def error_of(call, *args, **kwargs):
     try:
         call(*args, **kwargs)

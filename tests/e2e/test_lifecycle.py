@@ -111,12 +111,7 @@ def test_queue_aware_start_keeps_a_pending_scheduler(as_user, make_gateway):
 def test_scheduler_cancelled_from_outside_fails_the_cluster_with_the_reason(as_user, gateway):
     made = as_user(
         "alice",
-        """
-        cluster = Gateway().new_cluster(shutdown_on_close=False, worker_memory=1)
-        cluster.scale(1)
-        cluster.get_client().wait_for_workers(1, timeout=120)
-        report(name=cluster.name)
-        """,
+        "report(name=running_cluster(1))",
     )
     scheduler = [line.split()[0] for line in user_jobs("alice") if "scheduler" in line]
     assert len(scheduler) == 1
@@ -146,12 +141,7 @@ def test_workers_on_a_failed_node_are_replaced_without_counting(as_user, make_ga
     )
     made = as_user(
         "alice",
-        """
-        cluster = Gateway().new_cluster(shutdown_on_close=False, worker_memory=1)
-        cluster.scale(3)
-        cluster.get_client().wait_for_workers(3, timeout=120)
-        report(name=cluster.name)
-        """,
+        "report(name=running_cluster(3))",
         via=gw,
     )
     nodes = run(["squeue", "-h", "-u", "alice", "-n", "dask-gateway-worker", "-o", "%N"])

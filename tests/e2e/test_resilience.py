@@ -66,12 +66,7 @@ def test_cluster_survives_sigkill_of_the_gateway_while_computing(as_user, make_g
     gw = make_gateway("")
     made = as_user(
         "alice",
-        """
-        cluster = Gateway().new_cluster(shutdown_on_close=False, worker_memory=1)
-        cluster.scale(2)
-        cluster.get_client().wait_for_workers(2, timeout=120)
-        report(name=cluster.name)
-        """,
+        "report(name=running_cluster(2))",
         via=gw,
     )
     jobs_before = sorted(user_jobs("alice"))
@@ -110,12 +105,7 @@ def test_slurmctld_down_for_60_s_fails_no_cluster(as_user, make_gateway):
     gw = make_gateway("")
     made = as_user(
         "alice",
-        """
-        cluster = Gateway().new_cluster(shutdown_on_close=False, worker_memory=1)
-        cluster.scale(1)
-        cluster.get_client().wait_for_workers(1, timeout=120)
-        report(name=cluster.name)
-        """,
+        "report(name=running_cluster(1))",
         via=gw,
     )
     connect = f"""
