@@ -25,7 +25,13 @@ from traitlets import Bool, Float, Integer, List, Unicode, default
 from .batching import Coalescer
 from .envcheck import env_problem
 from .limits import UserLimits, admit
-from .options import DEFAULT_ENVIRONMENT_DENY, check_conda_env, default_options, filter_environment
+from .options import (
+    DEFAULT_ENVIRONMENT_DENY,
+    check_conda_env,
+    default_options,
+    filter_environment,
+    scale_request_problem,
+)
 from .rendering import render_job_script, template_environment
 from .slurm import (
     NOT_THE_JOBS_FAULT,
@@ -861,28 +867,6 @@ class SlurmBackend(DBBackendBase):
                 )
                 return web.json_response({"error": failure}, status=409)
         return response
-
-
-def _is_count(value) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
-
-
-def scale_request_problem(action: str, body) -> str | None:
-    """Why a scale/adapt request body is unacceptable, or None."""
-    if not isinstance(body, dict):
-        return f"{action} expects a JSON object"
-    if action == "scale":
-        count = body.get("count")
-        return None if _is_count(count) else f"scale expects a non-negative integer, got {count!r}"
-    minimum, maximum = body.get("minimum"), body.get("maximum")
-    for name, value in (("minimum", minimum), ("maximum", maximum)):
-        if value is not None and not _is_count(value):
-            return f"adapt: {name} must be a non-negative integer, got {value!r}"
-    if minimum is not None and maximum is not None and minimum > maximum:
-        return f"adapt: minimum ({minimum}) must not exceed maximum ({maximum})"
-    if not isinstance(body.get("active", True), bool):
-        return "adapt: active must be true or false"
-    return None
 
 
 @web.middleware

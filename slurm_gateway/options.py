@@ -4,6 +4,7 @@
 may replace it with any dask-gateway ``Options``. Whatever the options, the backend
 runs :func:`check_conda_env` and :func:`filter_environment` on the resulting config,
 so no admin-defined option can smuggle an unchecked path or variable into a job.
+:func:`scale_request_problem` checks ``scale``/``adapt`` requests the same way.
 """
 
 from __future__ import annotations
@@ -183,3 +184,25 @@ def default_options(
         MappingField("env", default={}, label="Environment variables"),
         handler=_options_to_config,
     )
+
+
+def _is_count(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+
+
+def scale_request_problem(action: str, body) -> str | None:
+    """Why a scale/adapt request body is unacceptable, or None."""
+    if not isinstance(body, dict):
+        return f"{action} expects a JSON object"
+    if action == "scale":
+        count = body.get("count")
+        return None if _is_count(count) else f"scale expects a non-negative integer, got {count!r}"
+    minimum, maximum = body.get("minimum"), body.get("maximum")
+    for name, value in (("minimum", minimum), ("maximum", maximum)):
+        if value is not None and not _is_count(value):
+            return f"adapt: {name} must be a non-negative integer, got {value!r}"
+    if minimum is not None and maximum is not None and minimum > maximum:
+        return f"adapt: minimum ({minimum}) must not exceed maximum ({maximum})"
+    if not isinstance(body.get("active", True), bool):
+        return "adapt: active must be true or false"
+    return None
