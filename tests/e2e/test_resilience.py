@@ -13,43 +13,32 @@ REPO = Path(__file__).resolve().parents[2]
 def test_untracked_job_with_the_gateways_marker_is_cancelled(make_gateway):
     gw = make_gateway("c.SlurmBackend.orphan_check_period = 2\nc.SlurmBackend.orphan_min_age = 0\n")
     marker = f"dask-gateway@{gw.workdir / 'state'}:gone-cluster:worker"
+
+    def sleeper(*options: str):
+        out = run(
+            [
+                RUNUSER,
+                "-u",
+                "alice",
+                "--",
+                "sbatch",
+                "--parsable",
+                "--job-name",
+                "dask-gateway-worker",
+                "-o",
+                "/dev/null",
+                *options,
+                "--wrap",
+                "sleep 300",
+            ]
+        )
+        assert out.returncode == 0, out.stderr
+        return out.stdout.strip()
+
     # What a crash between sbatch and the database write would leave behind.
-    out = run(
-        [
-            RUNUSER,
-            "-u",
-            "alice",
-            "--",
-            "sbatch",
-            "--parsable",
-            "--job-name",
-            "dask-gateway-worker",
-            f"--comment={marker}",
-            "-o",
-            "/dev/null",
-            "--wrap",
-            "sleep 300",
-        ]
-    )
-    assert out.returncode == 0, out.stderr
-    job_id = out.stdout.strip()
+    job_id = sleeper(f"--comment={marker}")
     # A job of alice's without the marker is none of the gateway's business.
-    other = run(
-        [
-            RUNUSER,
-            "-u",
-            "alice",
-            "--",
-            "sbatch",
-            "--parsable",
-            "--job-name",
-            "dask-gateway-worker",
-            "-o",
-            "/dev/null",
-            "--wrap",
-            "sleep 300",
-        ]
-    )
+    other_id = sleeper()
     try:
         assert wait_until(
             lambda: not any(j.startswith(job_id + " ") for j in user_jobs("alice")), 20
@@ -57,9 +46,9 @@ def test_untracked_job_with_the_gateways_marker_is_cancelled(make_gateway):
         assert f"Cancelling orphan jobs of user alice (no active cluster owns them): {job_id}" in (
             gw.log.read_text()
         )
-        assert any(j.startswith(other.stdout.strip() + " ") for j in user_jobs("alice"))
+        assert any(j.startswith(other_id + " ") for j in user_jobs("alice"))
     finally:
-        run(["scancel", job_id, other.stdout.strip()])
+        run(["scancel", job_id, other_id])
 
 
 def test_cluster_survives_sigkill_of_the_gateway_while_computing(as_user, make_gateway):
