@@ -46,7 +46,11 @@ from .slurm import (
     slurm_unreachable,
     walltime_seconds,
 )
+from .state import ensure_private_directory, read_or_create_secret
 from .tracker import JobTracker
+
+# Seconds the gateway waits at start for SLURM to say which jobs ended while it was down.
+RECONCILE_AT_START_TIMEOUT = 30.0
 
 
 class SlurmError(Exception):
@@ -246,7 +250,9 @@ class SlurmBackend(DBBackendBase):
         # next to the persistent database, created on first start with mode 0600.
         if os.environ.get("DASK_GATEWAY_ENCRYPT_KEYS"):
             return super()._db_encrypt_keys_default()
-        return [_read_or_create_key(Path(self.state_directory) / "encrypt-keys")]
+        return [
+            read_or_create_secret(Path(self.state_directory) / "encrypt-keys", Fernet.generate_key)
+        ]
 
     @default("stop_clusters_on_shutdown")
     def _default_stop_clusters_on_shutdown(self):
@@ -288,6 +294,8 @@ class SlurmBackend(DBBackendBase):
     # -- setup ---------------------------------------------------------------------------
 
     async def setup(self, app):
+        # Before the stock setup opens (and maybe creates) the database in it.
+        ensure_private_directory(Path(self.state_directory))
         # Answer a client's wait for a failed cluster with 409 and our reason: the stock
         # client then raises it verbatim instead of "failed to start, see logs".
         app.middlewares.append(self._failure_reason_middleware)
@@ -325,6 +333,18 @@ class SlurmBackend(DBBackendBase):
         # Everything above is set before the first await: reconcilers may already be running.
         if self.use_job_arrays:
             self._worker_submissions.max_batch = await self._array_limit()
+        await self._reconcile_with_slurm()
+
+    async def _reconcile_with_slurm(self):
+        """Jobs may have ended while the gateway was down: learn their fate before the API
+        serves anyone, so nobody connects to a cluster whose scheduler is gone. Bounded, as
+        SLURM itself may be down; the poll loop then catches up."""
+        if not self._job_owners:
+            return
+        try:
+            await asyncio.wait_for(self._poll_slurm(), RECONCILE_AT_START_TIMEOUT)
+        except Exception as exc:
+            self.log.warning("Could not check the clusters' jobs in SLURM at start: %r", exc)
 
     async def _array_limit(self) -> int:
         result = await self.runner.run([self.scontrol, "show", "config"])
@@ -417,7 +437,8 @@ class SlurmBackend(DBBackendBase):
                 self.log.warning("Error while polling SLURM", exc_info=True)
 
     async def _poll_slurm(self):
-        for info in await self.tracker.poll():
+        await self.tracker.poll()
+        for info in self.tracker.take_ended():
             cluster_name, worker_name = self._job_owners.get(info.job_id, (None, None))
             cluster = self.db.get_cluster(cluster_name) if cluster_name else None
             if cluster is None or cluster.target > JobStatus.RUNNING:
@@ -893,14 +914,3 @@ def _epoch(slurm_time: str) -> float:
         return datetime.fromisoformat(slurm_time).timestamp()
     except ValueError:
         return time.time()
-
-
-def _read_or_create_key(path: Path) -> bytes:
-    if not path.exists():
-        path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        with os.fdopen(fd, "wb") as f:
-            f.write(Fernet.generate_key())
-    if path.stat().st_mode & (stat.S_IRWXG | stat.S_IRWXO):
-        raise ValueError(f"{path} must not be readable by others (chmod 600 {path})")
-    return path.read_bytes().strip()

@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import os
+import secrets
 import socket
+import stat
 import sys
+from pathlib import Path
 
 from dask_gateway_server.app import DaskGateway
 from dask_gateway_server.auth import (
@@ -13,12 +16,14 @@ from dask_gateway_server.auth import (
     SimpleAuthenticator,
 )
 from dask_gateway_server.proxy import Proxy
+from dask_gateway_server.proxy.core import ProxyApp
 from dask_gateway_server.traitlets import Application
 from traitlets import Bool, Unicode, default
 
 from . import __version__
 from .backend import SlurmBackend
 from .config import SlurmClusterConfig
+from .state import read_or_create_secret
 from .transport import LocalSudoRunner
 
 DEFAULT_CONFIG = "/etc/slurm-gateway/config.py"
@@ -80,6 +85,48 @@ class ClientConfig(Application):
         print("\n".join(lines))
 
 
+def share_proxy_token(config) -> None:
+    """Give an externally managed proxy and the gateway the same API token.
+
+    Unless the admin set one (``c.Proxy.api_token`` or ``DASK_GATEWAY_PROXY_TOKEN``), it
+    is kept in the state directory, created there on first use, so that both services find
+    it without a secret in the config file."""
+    if (
+        not config.Proxy.get("externally_managed", False)
+        or "api_token" in config.Proxy
+        or os.environ.get("DASK_GATEWAY_PROXY_TOKEN")
+    ):
+        return
+    state_directory = config.SlurmBackend.get(
+        "state_directory", SlurmBackend.state_directory.default_value
+    )
+    token = read_or_create_secret(
+        Path(state_directory) / "proxy-token", lambda: secrets.token_hex(32).encode()
+    )
+    config.Proxy.api_token = token.decode()
+
+
+class ProxyCommand(ProxyApp):
+    """Run the proxy as a service of its own (with ``c.Proxy.externally_managed = True``).
+
+    Users' connections to their schedulers and dashboards go through the proxy: run apart
+    from the gateway, they are not cut when the gateway restarts."""
+
+    name = "slurm-gateway proxy"
+    examples = "slurm-gateway proxy -f /etc/slurm-gateway/config.py"
+    config_file = Unicode(DEFAULT_CONFIG, help="The gateway config file to read.", config=True)
+    aliases = {
+        "f": "ProxyCommand.config_file",
+        "config": "ProxyCommand.config_file",
+        "log-level": "Proxy.log_level",
+    }
+
+    def start(self):
+        os.umask(0o077)
+        share_proxy_token(self.parent.config)
+        super().start()
+
+
 class SlurmGateway(DaskGateway):
     """Dask Gateway with the SLURM backend: Dask clusters as SLURM jobs of each user."""
 
@@ -94,6 +141,7 @@ class SlurmGateway(DaskGateway):
 
     subcommands = {
         "client-config": ("slurm_gateway.cli.ClientConfig", ClientConfig.__doc__),
+        "proxy": ("slurm_gateway.cli.ProxyCommand", ProxyCommand.__doc__.splitlines()[0]),
     }
 
     config_file = Unicode(DEFAULT_CONFIG, help="The config file to load.", config=True)
@@ -132,7 +180,25 @@ class SlurmGateway(DaskGateway):
             sys.stdout.write(self.generate_config_file())
             self.exit(0)
         if self.subapp is None:
+            # Everything the gateway writes (database, keys, its part of job submissions)
+            # is private to the service account.
+            os.umask(0o077)
             super().initialize(argv)
+            self._warn_if_config_is_public()
+            share_proxy_token(self.config)
+
+    def _warn_if_config_is_public(self):
+        try:
+            mode = os.stat(self.config_file).st_mode
+        except OSError:
+            return
+        if mode & stat.S_IROTH:
+            self.log.warning(
+                "The config file %s is readable by every user; if it holds secrets "
+                "(tokens, passwords), make it readable by the service account only "
+                "(chown root:SERVICE-GROUP, chmod 640).",
+                self.config_file,
+            )
 
 
 main = SlurmGateway.launch_instance

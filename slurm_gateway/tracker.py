@@ -48,6 +48,7 @@ class JobTracker:
         self._sacct = sacct
         self._log = log or logging.getLogger(__name__)
         self._jobs: dict[str, JobInfo] = {}
+        self._ended: dict[str, None] = {}  # ids of jobs seen ending, in order, not yet taken
         self._accounting_attempts: dict[str, int] = {}
         self._lock = asyncio.Lock()
         #: False while the last ``squeue`` failed (SLURM unreachable).
@@ -61,7 +62,13 @@ class JobTracker:
     def forget(self, job_ids: Iterable[str]) -> None:
         for job_id in job_ids:
             self._jobs.pop(job_id, None)
+            self._ended.pop(job_id, None)
             self._accounting_attempts.pop(job_id, None)
+
+    def take_ended(self) -> list[JobInfo]:
+        """The jobs seen ending since the last call, whichever poll saw them; each once."""
+        ended, self._ended = [self._jobs[j] for j in self._ended if j in self._jobs], {}
+        return ended
 
     def get(self, job_id: str) -> JobInfo | None:
         return self._jobs.get(job_id)
@@ -69,17 +76,17 @@ class JobTracker:
     def __len__(self) -> int:
         return len(self._jobs)
 
-    async def poll(self, force: bool = False) -> list[JobInfo]:
-        """Refresh every tracked job; return those seen ending during this poll.
+    async def poll(self, force: bool = False) -> None:
+        """Refresh every tracked job; jobs seen ending wait in :meth:`take_ended`.
 
         Without tracked jobs nothing is asked of SLURM, unless ``force``."""
         async with self._lock:
-            return await self._poll(force)
+            await self._poll(force)
 
-    async def _poll(self, force: bool) -> list[JobInfo]:
+    async def _poll(self, force: bool) -> None:
         open_ids = [j for j, info in self._jobs.items() if not info.accounted]
         if not open_ids and not force:
-            return []
+            return
         result = await self._run(squeue_command(self._job_names, self._squeue))
         if not result.ok:
             if self.slurm_available:
@@ -87,7 +94,7 @@ class JobTracker:
                     "SLURM unavailable, keeping last known job states: %s", result.summary()
                 )
             self.slurm_available = False
-            return []
+            return
         if not self.slurm_available:
             self._log.info("SLURM answers again")
         self.slurm_available = True
@@ -107,11 +114,12 @@ class JobTracker:
                 left_queue.append(job_id)
         if left_queue:
             await self._account(left_queue, missing=set(left_queue) - set(queued))
-        return [
-            self._jobs[j]
-            for j in open_ids
-            if j in self._jobs and self._jobs[j].is_terminal and not before[j].is_terminal
-        ]
+        for job_id in open_ids:
+            if (
+                self._jobs.get(job_id, before[job_id]).is_terminal
+                and not before[job_id].is_terminal
+            ):
+                self._ended[job_id] = None
 
     async def _account(self, job_ids: list[str], missing: set[str]) -> None:
         """Final states from ``sacct``; jobs neither queued nor accounted become UNKNOWN."""

@@ -53,7 +53,9 @@ def wait_until(predicate, timeout: float, interval: float = 0.5):
 class Gateway:
     """The gateway process under test."""
 
-    def __init__(self, workdir: Path, port: int, extra_config: str = ""):
+    def __init__(
+        self, workdir: Path, port: int, extra_config: str = "", external_proxy: bool = False
+    ):
         self.workdir = workdir
         self.proxy = f"127.0.0.1:{port}"
         self.api = f"127.0.0.1:{port + 1}"
@@ -62,6 +64,11 @@ class Gateway:
         self.log = workdir / "gateway.log"
         self.client_config = workdir / "dask"
         self.proc = None
+        # The production layout: the proxy as a service of its own (`slurm-gateway proxy`),
+        # so that a gateway restart does not cut users' connections.
+        self.external_proxy = external_proxy
+        self.proxy_log = workdir / "proxy.log"
+        self.proxy_proc = None
 
     def write_config(self):
         self.config.write_text(
@@ -77,15 +84,18 @@ class Gateway:
             c.SlurmClusterConfig.partition = "workers"
             c.SlurmClusterConfig.scheduler_memory = "1 G"
             c.SlurmClusterConfig.walltime = "0-01:00:00"
+            c.Proxy.externally_managed = {self.external_proxy}
             """)
             + self.extra_config
         )
+        # As the README has the admin install it: readable by the service account only.
+        shutil.chown(self.config, "root", SERVICE_ACCOUNT)
+        os.chmod(self.config, 0o640)
 
     def start(self):
         self.write_config()
         self.client_config.mkdir(exist_ok=True)
-        for path in (self.workdir, self.config):
-            shutil.chown(path, SERVICE_ACCOUNT)
+        shutil.chown(self.workdir, SERVICE_ACCOUNT)
         os.chmod(self.workdir, 0o711)
         os.chmod(self.client_config, 0o755)
         out = run(
@@ -94,20 +104,11 @@ class Gateway:
         assert out.returncode == 0, out.stderr
         (self.client_config / "gateway.yaml").write_text(out.stdout)
         os.chmod(self.client_config / "gateway.yaml", 0o644)
-        log = open(self.log, "ab")
-        # Started directly as the service account (not through runuser), so that signals
-        # sent to self.proc reach the gateway itself.
-        account = pwd.getpwnam(SERVICE_ACCOUNT)
-        self.proc = subprocess.Popen(
-            [GATEWAY, "-f", str(self.config)],
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            cwd="/",
-            user=account.pw_uid,
-            group=account.pw_gid,
-            extra_groups=[],
-            env={"PATH": "/usr/bin:/bin", "HOME": account.pw_dir, "LANG": "C.UTF-8"},
-        )
+        if self.external_proxy and (self.proxy_proc is None or self.proxy_proc.poll() is not None):
+            self.proxy_proc = _as_service_account(
+                [GATEWAY, "proxy", "-f", str(self.config)], self.proxy_log
+            )
+        self.proc = _as_service_account([GATEWAY, "-f", str(self.config)], self.log)
         ok = wait_until(self._healthy, 30)
         assert ok, "gateway did not start:\n" + self.log_tail()
 
@@ -119,16 +120,44 @@ class Gateway:
             return False
 
     def stop(self, sig: int = signal.SIGTERM):
-        if self.proc and self.proc.poll() is None:
-            self.proc.send_signal(sig)
-            try:
-                self.proc.wait(30)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        """Stop the gateway (an external proxy keeps running)."""
+        _stop(self.proc, sig)
+
+    def close(self):
+        """Stop the gateway and its external proxy."""
+        _stop(self.proc, signal.SIGTERM)
+        _stop(self.proxy_proc, signal.SIGTERM)
 
     def log_tail(self, n: int = 60) -> str:
         return "\n".join(self.log.read_text(errors="replace").splitlines()[-n:])
+
+
+def _as_service_account(argv: list[str], log_path: Path) -> subprocess.Popen:
+    # Started directly as the service account (not through runuser), so that signals
+    # sent to the process reach the gateway (or proxy) itself.
+    account = pwd.getpwnam(SERVICE_ACCOUNT)
+    log = open(log_path, "ab")
+    os.chmod(log_path, 0o640)
+    return subprocess.Popen(
+        argv,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        cwd="/",
+        user=account.pw_uid,
+        group=account.pw_gid,
+        extra_groups=[],
+        env={"PATH": "/usr/bin:/bin", "HOME": account.pw_dir, "LANG": "C.UTF-8"},
+    )
+
+
+def _stop(proc: subprocess.Popen | None, sig: int):
+    if proc and proc.poll() is None:
+        proc.send_signal(sig)
+        try:
+            proc.wait(30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
 
 
 @pytest.fixture(scope="session")
@@ -137,7 +166,7 @@ def gateway():
     gw = Gateway(Path(tempfile.mkdtemp(prefix="slurm-gateway-test-")), 18000)
     gw.start()
     yield gw
-    gw.stop()
+    gw.close()
     leftover = user_jobs(*USERS)
     assert not leftover, f"orphan SLURM jobs after the tests: {leftover}"
 
@@ -147,11 +176,12 @@ def make_gateway(gateway):
     """Start another gateway with extra admin config lines; it is stopped after the test."""
     started = []
 
-    def _make(extra_config: str) -> Gateway:
+    def _make(extra_config: str, external_proxy: bool = False) -> Gateway:
         gw = Gateway(
             Path(tempfile.mkdtemp(prefix="slurm-gateway-test-")),
             18100 + 10 * len(started),
             extra_config,
+            external_proxy,
         )
         started.append(gw)
         gw.start()
@@ -159,7 +189,7 @@ def make_gateway(gateway):
 
     yield _make
     for gw in started:
-        gw.stop()
+        gw.close()
 
 
 @pytest.fixture(autouse=True)
@@ -200,6 +230,7 @@ def as_user(gateway):
             "USER": user,
             "LOGNAME": user,
             "DASK_CONFIG": str(via.client_config),
+            "CLIENT_STACKS_AFTER": str(timeout - 10),
             **(env or {}),
         }
         out = subprocess.run(
@@ -223,8 +254,11 @@ def as_user(gateway):
 
 # Every client script prints one JSON line at the end with its findings.
 CLIENT_PRELUDE = """\
-import json, os, sys, time
+import faulthandler, gc, json, os, sys, time
 from dask_gateway import Gateway, GatewayClusterError
+
+# A client that hangs prints where, and exits, before the test gives up on it.
+faulthandler.dump_traceback_later(float(os.environ["CLIENT_STACKS_AFTER"]), exit=True)
 
 def report(**findings):
     print(json.dumps(findings), flush=True)
@@ -241,6 +275,11 @@ def error_of(call, *args, **kwargs):
         call(*args, **kwargs)
     except Exception as exc:
         return f"{type(exc).__name__}: {exc}"
+    finally:
+        # A failed connect leaves a half-made GatewayCluster whose Gateway, if the cyclic GC
+        # finalizes it later on the client's IO-loop thread, deadlocks the stock client
+        # (dask_gateway 2026.3.0). Collect it now, on this thread.
+        gc.collect()
     return None
 """
 

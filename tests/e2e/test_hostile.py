@@ -75,7 +75,7 @@ def hostile_gateway(gateway):
     )
     gw.start()
     yield gw
-    gw.stop()
+    gw.close()
 
 
 def test_every_bad_option_is_refused_with_4xx_and_nothing_submitted(hostile_gateway):

@@ -30,13 +30,18 @@ def _tracker(slurm):
     return JobTracker(slurm.run, job_names=["dg-scheduler", "dg-worker"])
 
 
+def _ended_after_poll(tracker, force=False):
+    asyncio.run(tracker.poll(force))
+    return tracker.take_ended()
+
+
 def test_one_squeue_per_poll_whatever_the_number_of_jobs():
     slurm = FakeSlurm()
     tracker = _tracker(slurm)
     for i in range(500):
         tracker.track(str(i))
     slurm.squeue = "".join(f"{i}|RUNNING|None|n1|1:00|N/A" + TAIL for i in range(500))
-    assert asyncio.run(tracker.poll()) == []
+    assert _ended_after_poll(tracker) == []
     assert slurm.calls == ["squeue"]
     assert tracker.get("499").state == "RUNNING"
 
@@ -49,11 +54,11 @@ def test_finished_job_is_reported_once_with_its_accounting():
     asyncio.run(tracker.poll())
     slurm.squeue = "7|OUT_OF_MEMORY|OutOfMemory|n2|0:12|N/A" + TAIL
     slurm.sacct = "7|OUT_OF_MEMORY|0:125|n2|00:00:12|None" + TAIL
-    finished = asyncio.run(tracker.poll())
+    finished = _ended_after_poll(tracker)
     assert [(f.job_id, f.state, f.exit_code, f.nodes) for f in finished] == [
         ("7", "OUT_OF_MEMORY", "0:125", "n2")
     ]
-    assert asyncio.run(tracker.poll()) == []  # accounted: not asked about again
+    assert _ended_after_poll(tracker) == []  # accounted: not asked about again
     assert slurm.calls == ["squeue", "squeue", "sacct"]
 
 
@@ -64,7 +69,7 @@ def test_slurm_outage_keeps_last_known_states():
     slurm.squeue = "8|RUNNING|None|n1|0:10|N/A" + TAIL
     asyncio.run(tracker.poll())
     slurm.squeue_rc = 1
-    assert asyncio.run(tracker.poll()) == []
+    assert _ended_after_poll(tracker) == []
     assert tracker.get("8").state == "RUNNING" and tracker.get("8").is_active
     assert not tracker.slurm_available
     slurm.squeue_rc = 0
@@ -76,9 +81,25 @@ def test_job_purged_from_queue_and_accounting_is_unknown_not_failed():
     slurm = FakeSlurm()
     tracker = _tracker(slurm)
     tracker.track("9")
-    finished = asyncio.run(tracker.poll())
+    finished = _ended_after_poll(tracker)
     assert finished == []
     assert tracker.get("9").state == "UNKNOWN" and tracker.get("9").is_active
+
+
+def test_a_job_ending_is_kept_for_the_backend_whichever_poll_saw_it():
+    # e.g. the orphan check polls too: the end it sees must still reach the backend.
+    slurm = FakeSlurm()
+    tracker = _tracker(slurm)
+    tracker.track("11")
+    tracker.track("12")
+    slurm.squeue = "11|CANCELLED|None|n1|0:10|N/A" + TAIL + "12|RUNNING|None|n1|0:10|N/A" + TAIL
+    slurm.sacct = "11|CANCELLED by 0|0:0|n1|00:00:10|None" + TAIL
+    asyncio.run(tracker.poll(force=True))
+    slurm.squeue = "11|CANCELLED|None|n1|0:10|N/A" + TAIL + "12|FAILED|None|n1|0:11|N/A" + TAIL
+    slurm.sacct = "12|FAILED|3:0|n1|00:00:11|None" + TAIL
+    ended = _ended_after_poll(tracker)
+    assert [(f.job_id, f.state) for f in ended] == [("11", "CANCELLED"), ("12", "FAILED")]
+    assert _ended_after_poll(tracker) == []
 
 
 def test_forgotten_jobs_are_not_polled():
