@@ -44,6 +44,7 @@ from .slurm import (
     sbatch_command,
     scancel_command,
     slurm_unreachable,
+    terminate_command,
     walltime_seconds,
 )
 from .state import ensure_private_directory, read_or_create_secret
@@ -111,6 +112,14 @@ class SlurmBackend(DBBackendBase):
         min=1,
         help="""Seconds between checks for orphan jobs: jobs bearing this gateway's marker
         that no active cluster owns (e.g. submitted just before a crash). They are cancelled.""",
+        config=True,
+    )
+
+    cancel_grace_period = Float(
+        10,
+        min=0,
+        help="""Seconds a running job has to end after SIGTERM (dask closing, the job script
+        removing its TLS files from the node) before it is cancelled outright.""",
         config=True,
     )
 
@@ -822,6 +831,23 @@ class SlurmBackend(DBBackendBase):
             delay = min(delay * 2, 10)
 
     async def _cancel(self, username: str, job_ids: list[str]):
+        """End jobs: running ones get SIGTERM, then are cancelled after a grace period if
+        they are still there; the others are cancelled at once."""
+        running = [j for j in job_ids if (info := self.tracker.get(j)) and info.is_running]
+        if running:
+            result = await self.runner.run(terminate_command(running, self.scancel), user=username)
+            if result.ok:
+                self.log.info("Sent SIGTERM to jobs of user %s: %s", username, " ".join(running))
+                self.task_pool.spawn(self._cancel_after_grace(username, running))
+                job_ids = [j for j in job_ids if j not in running]
+        await self._scancel(username, job_ids)
+
+    async def _cancel_after_grace(self, username: str, job_ids: list[str]):
+        # Jobs that already ended make scancel complain, which _scancel ignores.
+        await asyncio.sleep(self.cancel_grace_period)
+        await self._scancel(username, job_ids)
+
+    async def _scancel(self, username: str, job_ids: list[str]):
         if not job_ids:
             return
         result = await self.runner.run(scancel_command(job_ids, self.scancel), user=username)

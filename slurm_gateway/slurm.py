@@ -102,6 +102,10 @@ class JobInfo:
         """Still queued or running, or not known to have ended (never "failed" by default)."""
         return not self.is_terminal
 
+    @property
+    def is_running(self) -> bool:
+        return self.state == "RUNNING"
+
     def merged(self, newer: JobInfo) -> JobInfo:
         """Combine with a newer report, keeping facts the newer one lacks."""
         fields = {k: v for k, v in newer.__dict__.items() if v not in ("", None)}
@@ -151,7 +155,15 @@ def parse_max_array_size(scontrol_config: str) -> int | None:
 
 
 def scancel_command(job_ids: list[str], scancel: str = "scancel") -> list[str]:
+    """Cancel jobs outright: running job scripts are killed without running their traps."""
     return [scancel, "--", *job_ids]
+
+
+def terminate_command(job_ids: list[str], scancel: str = "scancel") -> list[str]:
+    """Send SIGTERM to every process of running jobs, the job script included (``--full``),
+    so that dask closes cleanly and the script's exit trap removes its TLS files. SLURM
+    refuses to signal pending jobs: cancel those with :func:`scancel_command`."""
+    return [scancel, "--full", "--signal=TERM", "--", *job_ids]
 
 
 def squeue_command(job_names: list[str], squeue: str = "squeue") -> list[str]:

@@ -53,6 +53,8 @@ class JobTracker:
         self._lock = asyncio.Lock()
         #: False while the last ``squeue`` failed (SLURM unreachable).
         self.slurm_available = True
+        #: False while the last ``sacct`` failed (slurmdbd unreachable).
+        self.accounting_available = True
         #: Every job carrying our job names at the last successful poll, tracked or not.
         self.last_seen: dict[str, JobInfo] = {}
 
@@ -122,13 +124,23 @@ class JobTracker:
                 self._ended[job_id] = None
 
     async def _account(self, job_ids: list[str], missing: set[str]) -> None:
-        """Final states from ``sacct``; jobs neither queued nor accounted become UNKNOWN."""
+        """Final states from ``sacct``; jobs neither queued nor accounted become UNKNOWN.
+
+        While accounting is down (slurmdbd), jobs keep what squeue last said of them, and
+        are asked about again at the next poll."""
         result = await self._run(sacct_command(job_ids, self._sacct))
-        accounted = parse_sacct(result.stdout) if result.ok else {}
         if not result.ok:
-            self._log.warning(
-                "sacct failed, final job states may lack exit codes: %s", result.summary()
-            )
+            if self.accounting_available:
+                self._log.warning(
+                    "sacct unavailable, final job states come from squeue alone: %s",
+                    result.summary(),
+                )
+            self.accounting_available = False
+            return
+        if not self.accounting_available:
+            self._log.info("sacct answers again")
+        self.accounting_available = True
+        accounted = parse_sacct(result.stdout)
         for job_id in job_ids:
             if job_id not in self._jobs:
                 continue
@@ -136,9 +148,13 @@ class JobTracker:
             if info is not None:
                 self._jobs[job_id] = self._jobs[job_id].merged(info)
                 continue
+            if job_id in missing:
+                self._jobs[job_id] = self._jobs[job_id].merged(JobInfo(job_id, state=UNKNOWN))
             attempts = self._accounting_attempts.get(job_id, 0) + 1
             self._accounting_attempts[job_id] = attempts
-            if job_id in missing and result.ok:
-                self._jobs[job_id] = self._jobs[job_id].merged(JobInfo(job_id, state=UNKNOWN))
-            if attempts >= ACCOUNTING_ATTEMPTS:
+            # Give up on a record only for a job that left the queue or ended in it: one
+            # still COMPLETING stays open, so that squeue says how it ended.
+            if attempts >= ACCOUNTING_ATTEMPTS and (
+                job_id in missing or self._jobs[job_id].is_terminal
+            ):
                 self._jobs[job_id] = replace(self._jobs[job_id], accounted=True)

@@ -41,6 +41,14 @@ def user_jobs(*users: str) -> list[str]:
     return [line for line in out.stdout.splitlines() if line.strip()]
 
 
+def submissions(user: str) -> int:
+    """How many jobs (a job array counts once) the user submitted in the last hour, per sacct."""
+    out = run(["sacct", "-n", "-X", "-u", user, "-S", "now-1hours", "-o", "JobID"])
+    assert out.returncode == 0, out.stderr
+    # Array tasks appear in sacct one by one as they start: count the array's id once.
+    return len({job_id.split("_")[0] for job_id in out.stdout.split()})
+
+
 def wait_until(predicate, timeout: float, interval: float = 0.5):
     deadline = time.monotonic() + timeout
     while True:

@@ -4,21 +4,7 @@ import subprocess
 import time
 
 import pytest
-from conftest import START_TIMEOUT, run, user_jobs, wait_until
-
-
-def _alice_job_count() -> int:
-    out = run(
-        [
-            "sacct",
-            "--noheader",
-            "--allocations",
-            "--user=alice",
-            "--starttime=now-1hours",
-            "--format=JobID",
-        ]
-    )
-    return len(out.stdout.split())
+from conftest import START_TIMEOUT, run, submissions, user_jobs, wait_until
 
 
 @pytest.fixture
@@ -85,7 +71,7 @@ def test_workers_slurm_refuses_fail_the_cluster_with_sbatchs_message(as_user):
     ],
 )
 def test_bad_options_are_refused_before_anything_is_submitted(as_user, options, field):
-    before = _alice_job_count()
+    before = submissions("alice")
     started = time.monotonic()
     result = as_user(
         "alice",
@@ -96,7 +82,7 @@ def test_bad_options_are_refused_before_anything_is_submitted(as_user, options, 
     assert time.monotonic() - started < 20
     assert result["error"] is not None and result["error"].startswith("ValueError"), result
     assert field in result["error"]
-    assert _alice_job_count() == before, "a job was submitted for a refused request"
+    assert submissions("alice") == before, "a job was submitted for a refused request"
     assert run(["test", "-e", "/tmp/slurm-gateway-pwned"]).returncode != 0
 
 

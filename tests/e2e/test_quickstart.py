@@ -1,15 +1,18 @@
 """The Purdue guide, step by step, as alice with the stock client and Gateway()."""
 
+import glob
 import pwd
 import subprocess
 
 from conftest import user_jobs, wait_until
 
 MARKER = "/tmp/slurm-gateway-test-injected"
+CREDENTIALS = "/tmp/dask-gateway.*"  # each job's private TLS directory on its node
 
 
 def test_purdue_quickstart(as_user, alice_env):
     subprocess.run(["rm", "-f", MARKER])
+    credentials_before = set(glob.glob(CREDENTIALS))
     result = as_user(
         "alice",
         f"""
@@ -76,3 +79,5 @@ def test_purdue_quickstart(as_user, alice_env):
     assert not wait_until(lambda: __import__("os").path.exists(MARKER), 1)
     # shutdown() leaves nothing of alice's in the queue within 30 s
     assert wait_until(lambda: not user_jobs("alice"), 30), user_jobs("alice")
+    # ... and no TLS key of the cluster's is left on the node.
+    assert wait_until(lambda: not set(glob.glob(CREDENTIALS)) - credentials_before, 15)

@@ -107,6 +107,52 @@ def test_slurmctld_down_for_60_s_fails_no_cluster(as_user, make_gateway):
     assert f"Cluster {made['name']} failed" not in log
 
 
+def test_slurmdbd_down_fails_no_cluster_and_failures_keep_their_facts(as_user, make_gateway):
+    gw = make_gateway("")
+    _stop_daemon("slurmdbd")
+    try:
+        assert run(["sacct", "--noheader", "-X"]).returncode != 0  # accounting is really down
+        made = as_user("alice", "report(doomed=running_cluster(1))", via=gw)
+        doomed_scheduler = next(
+            line.split()[0] for line in user_jobs("alice") if "scheduler" in line
+        )
+        run(["scancel", doomed_scheduler])
+        during = as_user(
+            "alice",
+            f"""
+            gateway = Gateway()
+            deadline = time.time() + 30
+            while time.time() < deadline and {made["doomed"]!r} in [
+                c.name for c in gateway.list_clusters()
+            ]:
+                time.sleep(0.5)
+            doomed = error_of(gateway.connect, {made["doomed"]!r})
+            cluster = gateway.new_cluster(worker_memory=1)
+            cluster.scale(2)
+            client = cluster.get_client()
+            client.wait_for_workers(2, timeout=120)
+            total = sum(client.gather(client.map(lambda x: x + 1, range(40))))
+            cluster.scale(1)
+            deadline = time.time() + 60
+            while len(client.scheduler_info()["workers"]) > 1 and time.time() < deadline:
+                time.sleep(0.5)
+            workers = len(client.scheduler_info()["workers"])
+            cluster.shutdown()
+            report(doomed=doomed, total=total, workers=workers)
+            """,
+            via=gw,
+        )
+    finally:
+        _start_daemons()
+    assert during["total"] == sum(range(1, 41))
+    assert during["workers"] == 1
+    # Without accounting the facts come from squeue (finished jobs stay there MinJobAge).
+    assert f"scheduler job {doomed_scheduler} CANCELLED" in during["doomed"], during["doomed"]
+    log = gw.log.read_text()
+    assert log.count("sacct unavailable") == 1  # said once, not at every poll
+    assert log.count(" failed: ") == 1  # only the cluster whose scheduler was cancelled
+
+
 def test_concurrent_requests_cannot_both_pass_a_limit_of_one(as_user, make_gateway):
     gw = make_gateway("c.SlurmBackend.max_clusters_per_user = 1\n")
     result = as_user(

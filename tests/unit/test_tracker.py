@@ -17,13 +17,14 @@ class FakeSlurm:
         self.squeue = ""
         self.sacct = ""
         self.squeue_rc = 0
+        self.sacct_rc = 0
         self.calls = []
 
     async def run(self, argv):
         self.calls.append(argv[0])
         if argv[0] == "squeue":
             return CommandResult(argv, self.squeue_rc, self.squeue, "slurm_load_jobs error")
-        return CommandResult(argv, 0, self.sacct, "")
+        return CommandResult(argv, self.sacct_rc, self.sacct, "slurmdbd: Connection refused")
 
 
 def _tracker(slurm):
@@ -100,6 +101,26 @@ def test_a_job_ending_is_kept_for_the_backend_whichever_poll_saw_it():
     ended = _ended_after_poll(tracker)
     assert [(f.job_id, f.state) for f in ended] == [("11", "CANCELLED"), ("12", "FAILED")]
     assert _ended_after_poll(tracker) == []
+
+
+def test_without_accounting_a_job_still_ends_with_what_squeue_says():
+    slurm = FakeSlurm()
+    tracker = _tracker(slurm)
+    tracker.track("13")
+    slurm.sacct_rc = 1  # slurmdbd down
+    slurm.squeue = "13|COMPLETING|None|n1|0:10|N/A" + TAIL
+    for _ in range(8):  # longer than a job is given to show up in accounting
+        assert _ended_after_poll(tracker) == []
+    assert tracker.get("13").state == "COMPLETING" and not tracker.accounting_available
+    slurm.squeue = "13|CANCELLED|None|n1|0:11|N/A" + TAIL
+    assert [(f.job_id, f.state) for f in _ended_after_poll(tracker)] == [("13", "CANCELLED")]
+    slurm.sacct_rc = 0  # back: the exit code is filled in, and the job is settled
+    slurm.sacct = "13|CANCELLED by 0|0:15|n1|00:00:11|None" + TAIL
+    assert _ended_after_poll(tracker) == []
+    assert tracker.get("13").exit_code == "0:15" and tracker.accounting_available
+    calls = len(slurm.calls)
+    asyncio.run(tracker.poll())
+    assert len(slurm.calls) == calls  # nothing left to ask about
 
 
 def test_forgotten_jobs_are_not_polled():
