@@ -8,14 +8,29 @@ export PATH="/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin:$PATH"
 repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 venv=/opt/slurm-gateway/venv
 pidfile=/run/slurm-gateway/gateway.pid
+proxy_pidfile=/run/slurm-gateway/proxy.pid
 log=/var/log/slurm-gateway-service.log
+proxy_log=/var/log/slurm-gateway-proxy.log
+
+stop_service() { # pid file
+    if [ -f "$1" ] && kill -0 "$(cat "$1")" 2>/dev/null; then
+        kill "$(cat "$1")"
+        for _ in $(seq 1 60); do kill -0 "$(cat "$1")" 2>/dev/null || break; sleep 0.5; done
+    fi
+    rm -f "$1"
+}
 
 stop_gateway() {
-    if [ -f "$pidfile" ] && kill -0 "$(cat "$pidfile")" 2>/dev/null; then
-        kill "$(cat "$pidfile")"
-        for _ in $(seq 1 60); do kill -0 "$(cat "$pidfile")" 2>/dev/null || break; sleep 0.5; done
-    fi
-    rm -f "$pidfile"
+    stop_service "$pidfile"
+    stop_service "$proxy_pidfile"
+}
+
+start_service() { # pid file, log file, slurm-gateway arguments...
+    local pid_file=$1 log_file=$2
+    shift 2
+    touch "$log_file" && chown slurmgw "$log_file" && chmod 0640 "$log_file"
+    (cd / && exec runuser -u slurmgw -- "$venv/bin/slurm-gateway" "$@" >>"$log_file" 2>&1) &
+    echo $! >"$pid_file"
 }
 
 if [ "${1:-}" = stop ]; then
@@ -38,16 +53,15 @@ chmod 0644 /etc/dask/gateway.yaml
 
 stop_gateway
 install -d -m 0755 -o slurmgw /run/slurm-gateway
-touch "$log" && chown slurmgw "$log"
-(cd / && exec runuser -u slurmgw -- "$venv/bin/slurm-gateway" -f /etc/slurm-gateway/config.py \
-    >> "$log" 2>&1) &
-echo $! > "$pidfile"
+# Two services, as the README has a site run them: the proxy, then the gateway.
+start_service "$proxy_pidfile" "$proxy_log" proxy -f /etc/slurm-gateway/config.py
+start_service "$pidfile" "$log" -f /etc/slurm-gateway/config.py
 for _ in $(seq 1 60); do
     "$venv/bin/python" -c "import urllib.request as u; u.urlopen('http://127.0.0.1:8000/api/health', timeout=1)" \
         2>/dev/null && break
     sleep 0.5
 done
-echo "demo: gateway running as slurmgw (pid $(cat "$pidfile"), log $log)"
+echo "demo: gateway running as slurmgw (pid $(cat "$pidfile"), log $log; proxy pid $(cat "$proxy_pidfile"), log $proxy_log)"
 
 install -m 0644 "$repo/examples/quickstart.py" /tmp/slurm-gateway-quickstart.py
 cd /tmp && runuser -u alice -- env -i PATH=/usr/bin:/bin HOME=/home/alice USER=alice \

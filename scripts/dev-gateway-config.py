@@ -6,6 +6,9 @@ c = get_config()  # noqa: F821
 c.SlurmGateway.address = "127.0.0.1:8001"  # private API, reached through the proxy
 c.Proxy.address = "127.0.0.1:8000"  # what clients use (HTTP API, dashboards, TLS to schedulers)
 c.SlurmGateway.authenticator_class = "dask_gateway_server.auth.SimpleAuthenticator"
+# The proxy runs as a service of its own (`slurm-gateway proxy`): restarting the gateway
+# then does not cut users' connections to their clusters.
+c.Proxy.externally_managed = True
 
 c.SlurmBackend.listen_host = "127.0.0.1"  # all compute nodes are this host
 c.SlurmBackend.slurm_poll_period = 2

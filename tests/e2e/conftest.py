@@ -41,12 +41,19 @@ def user_jobs(*users: str) -> list[str]:
     return [line for line in out.stdout.splitlines() if line.strip()]
 
 
-def submissions(user: str) -> int:
-    """How many jobs (a job array counts once) the user submitted in the last hour, per sacct."""
-    out = run(["sacct", "-n", "-X", "-u", user, "-S", "now-1hours", "-o", "JobID"])
+def slurm_now() -> str:
+    """Now, as SLURM writes times (local time, to the second)."""
+    return time.strftime("%Y-%m-%dT%H:%M:%S")
+
+
+def submitted_since(user: str, since: str) -> list[str]:
+    """Jobs the user submitted at or after ``since`` (a :func:`slurm_now`), per sacct.
+
+    Selected by submit time, as records of earlier jobs may reach sacct late."""
+    out = run(["sacct", "-n", "-X", "-P", "-u", user, "-S", since, "-o", "JobID,Submit"])
     assert out.returncode == 0, out.stderr
-    # Array tasks appear in sacct one by one as they start: count the array's id once.
-    return len({job_id.split("_")[0] for job_id in out.stdout.split()})
+    rows = [line.split("|") for line in out.stdout.splitlines() if line]
+    return [job_id for job_id, submitted in rows if submitted >= since]
 
 
 def wait_until(predicate, timeout: float, interval: float = 0.5):

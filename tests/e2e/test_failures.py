@@ -4,7 +4,7 @@ import subprocess
 import time
 
 import pytest
-from conftest import START_TIMEOUT, run, submissions, user_jobs, wait_until
+from conftest import START_TIMEOUT, run, slurm_now, submitted_since, user_jobs, wait_until
 
 
 @pytest.fixture
@@ -71,7 +71,7 @@ def test_workers_slurm_refuses_fail_the_cluster_with_sbatchs_message(as_user):
     ],
 )
 def test_bad_options_are_refused_before_anything_is_submitted(as_user, options, field):
-    before = submissions("alice")
+    since = slurm_now()
     started = time.monotonic()
     result = as_user(
         "alice",
@@ -82,7 +82,7 @@ def test_bad_options_are_refused_before_anything_is_submitted(as_user, options, 
     assert time.monotonic() - started < 20
     assert result["error"] is not None and result["error"].startswith("ValueError"), result
     assert field in result["error"]
-    assert submissions("alice") == before, "a job was submitted for a refused request"
+    assert submitted_since("alice", since) == [], "a job was submitted for a refused request"
     assert run(["test", "-e", "/tmp/slurm-gateway-pwned"]).returncode != 0
 
 
