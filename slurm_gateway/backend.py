@@ -50,6 +50,9 @@ from .slurm import (
 from .state import ensure_private_directory, read_or_create_secret
 from .tracker import JobTracker
 
+# Worker records created between two yields to the event loop when a cluster scales up.
+WORKERS_CREATED_PER_YIELD = 20
+
 # Seconds the gateway waits at start for SLURM to say which jobs ended while it was down.
 RECONCILE_AT_START_TIMEOUT = 30.0
 
@@ -516,6 +519,21 @@ class SlurmBackend(DBBackendBase):
         # Jobs that ended through no fault of their own are replaced by _poll_slurm instead,
         # so that they do not count against the cluster's failure limit.
         return [self._is_alive(w) for w in workers]
+
+    async def _check_cluster_scale(self, cluster):
+        # The stock method creates all missing workers in one go, each a database commit,
+        # without yielding: a scale(500) held every API request for over a second. Same
+        # steps, yielding to the event loop between chunks.
+        if cluster.worker_start_failure_count >= self.worker_start_failure_limit:
+            return await super()._check_cluster_scale(cluster)
+        created = 0
+        while cluster.target == JobStatus.RUNNING and cluster.count > len(cluster.active_workers()):
+            worker = self.db.create_worker(cluster)
+            self.log.info("Created worker %s for cluster %s", worker.name, cluster.name)
+            self.queue.put(worker)
+            created += 1
+            if created % WORKERS_CREATED_PER_YIELD == 0:
+                await asyncio.sleep(0)
 
     async def _check_timeouts(self):
         # Replaces the stock check, which counts queue wait against start timeouts: it

@@ -1,0 +1,72 @@
+"""The gateway's private files: refused when others could read them, created private."""
+
+import os
+import stat
+
+import pytest
+from traitlets.config import Config
+
+from slurm_gateway.cli import share_proxy_token
+from slurm_gateway.state import ensure_private_directory, read_or_create_secret
+
+
+def _mode(path) -> int:
+    return stat.S_IMODE(os.stat(path).st_mode)
+
+
+def test_state_directory_is_created_private_and_refused_when_open(tmp_path):
+    state = tmp_path / "state"
+    ensure_private_directory(state)
+    assert _mode(state) == 0o700
+    os.chmod(state, 0o755)
+    with pytest.raises(PermissionError, match=f"chmod 700 {state}"):
+        ensure_private_directory(state)
+
+
+def test_secret_is_created_once_with_mode_600(tmp_path):
+    path = tmp_path / "state" / "key"
+    made = []
+
+    def make():
+        made.append(1)
+        return b"s3cret\n"
+
+    assert read_or_create_secret(path, make) == b"s3cret"
+    assert read_or_create_secret(path, make) == b"s3cret"
+    assert made == [1] and _mode(path) == 0o600
+    assert [p.name for p in path.parent.iterdir()] == ["key"]  # no temporary file left
+    os.chmod(path, 0o644)
+    with pytest.raises(PermissionError, match=f"chmod 600 {path}"):
+        read_or_create_secret(path, make)
+
+
+def _config(state, **proxy) -> Config:
+    config = Config()
+    config.SlurmBackend.state_directory = str(state)
+    for name, value in proxy.items():
+        setattr(config.Proxy, name, value)
+    return config
+
+
+def test_an_external_proxy_and_the_gateway_share_one_token(tmp_path, monkeypatch):
+    monkeypatch.delenv("DASK_GATEWAY_PROXY_TOKEN", raising=False)
+    gateway, proxy = (
+        _config(tmp_path, externally_managed=True),
+        _config(tmp_path, externally_managed=True),
+    )
+    share_proxy_token(gateway)
+    share_proxy_token(proxy)
+    assert len(gateway.Proxy.api_token) == 64
+    assert gateway.Proxy.api_token == proxy.Proxy.api_token
+    assert _mode(tmp_path / "proxy-token") == 0o600
+
+
+def test_proxy_token_is_left_alone_when_set_or_not_needed(tmp_path, monkeypatch):
+    monkeypatch.delenv("DASK_GATEWAY_PROXY_TOKEN", raising=False)
+    child = _config(tmp_path)  # the gateway starts its own proxy: a fresh token each start
+    share_proxy_token(child)
+    assert "api_token" not in child.Proxy
+    chosen = _config(tmp_path, externally_managed=True, api_token="abc")
+    share_proxy_token(chosen)
+    assert chosen.Proxy.api_token == "abc"
+    assert not (tmp_path / "proxy-token").exists()
