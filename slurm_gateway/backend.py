@@ -10,6 +10,7 @@ import pwd
 import stat
 import sys
 import time
+import uuid
 from datetime import datetime
 from pathlib import Path
 
@@ -17,7 +18,8 @@ from aiohttp import web
 from cryptography.fernet import Fernet
 from dask_gateway_server import __version__ as dask_gateway_server_version
 from dask_gateway_server.backends.base import PublicException
-from dask_gateway_server.backends.db_base import DBBackendBase, JobStatus
+from dask_gateway_server.backends.db_base import DBBackendBase, JobStatus, Worker
+from dask_gateway_server.backends.db_base import workers as workers_table
 from dask_gateway_server.traitlets import MemoryLimit, Type
 from dask_gateway_server.utils import timestamp
 from traitlets import Bool, Float, Integer, List, Unicode, default
@@ -50,8 +52,9 @@ from .slurm import (
 from .state import ensure_private_directory, read_or_create_secret
 from .tracker import JobTracker
 
-# Worker records created between two yields to the event loop when a cluster scales up.
-WORKERS_CREATED_PER_YIELD = 20
+# Worker records created in one database transaction (then a yield to the event loop)
+# when a cluster scales up.
+WORKERS_PER_TRANSACTION = 100
 
 # Seconds the gateway waits at start for SLURM to say which jobs ended while it was down.
 RECONCILE_AT_START_TIMEOUT = 30.0
@@ -521,19 +524,41 @@ class SlurmBackend(DBBackendBase):
         return [self._is_alive(w) for w in workers]
 
     async def _check_cluster_scale(self, cluster):
-        # The stock method creates all missing workers in one go, each a database commit,
-        # without yielding: a scale(500) held every API request for over a second. Same
-        # steps, yielding to the event loop between chunks.
+        # The stock method creates the missing workers one database commit each, without
+        # yielding: a scale(500) held every API request for over a second. Same records,
+        # created in chunks of one transaction each, yielding to the event loop between.
         if cluster.worker_start_failure_count >= self.worker_start_failure_limit:
             return await super()._check_cluster_scale(cluster)
-        created = 0
-        while cluster.target == JobStatus.RUNNING and cluster.count > len(cluster.active_workers()):
-            worker = self.db.create_worker(cluster)
-            self.log.info("Created worker %s for cluster %s", worker.name, cluster.name)
-            self.queue.put(worker)
-            created += 1
-            if created % WORKERS_CREATED_PER_YIELD == 0:
-                await asyncio.sleep(0)
+        while cluster.target == JobStatus.RUNNING:
+            missing = cluster.count - len(cluster.active_workers())
+            if missing <= 0:
+                return
+            for worker in self._create_workers(cluster, min(missing, WORKERS_PER_TRANSACTION)):
+                self.log.info("Created worker %s for cluster %s", worker.name, cluster.name)
+                self.queue.put(worker)
+            await asyncio.sleep(0)
+
+    def _create_workers(self, cluster, count: int) -> list[Worker]:
+        """``count`` new workers of a cluster, as DataManager.create_worker makes them, in
+        one transaction."""
+        created = []
+        with self.db.db.begin() as connection:
+            for _ in range(count):
+                fields = {
+                    "name": uuid.uuid4().hex,
+                    "status": JobStatus.CREATED,
+                    "target": JobStatus.RUNNING,
+                    "state": {},
+                    "start_time": timestamp(),
+                    "close_expected": False,
+                }
+                result = connection.execute(
+                    workers_table.insert().values(cluster_id=cluster.id, **fields)
+                )
+                created.append(Worker(id=result.inserted_primary_key[0], cluster=cluster, **fields))
+        for worker in created:
+            cluster.workers[worker.name] = worker
+        return created
 
     async def _check_timeouts(self):
         # Replaces the stock check, which counts queue wait against start timeouts: it
