@@ -116,11 +116,9 @@ class JobTracker:
                 left_queue.append(job_id)
         if left_queue:
             await self._account(left_queue, missing=set(left_queue) - set(queued))
-        for job_id in open_ids:
-            if (
-                self._jobs.get(job_id, before[job_id]).is_terminal
-                and not before[job_id].is_terminal
-            ):
+        for job_id, was in before.items():
+            now = self._jobs.get(job_id)  # None if forgotten while sacct was asked
+            if now is not None and now.is_terminal and not was.is_terminal:
                 self._ended[job_id] = None
 
     async def _account(self, job_ids: list[str], missing: set[str]) -> None:
