@@ -5,6 +5,10 @@
 # Usage (as root):
 #   scripts/dev-cluster.sh up              bring everything up on this host (idempotent)
 #   scripts/dev-cluster.sh down            stop the daemons this script started
+#   scripts/dev-cluster.sh purge           back to a fresh machine: stop all daemons, remove the
+#                                          users, groups, sudo rule, Slurm/munge/MariaDB config,
+#                                          state and logs, the gateway's files, test leftovers
+#                                          (Debian packages stay installed)
 #   scripts/dev-cluster.sh status          sinfo + which daemons are up
 #   scripts/dev-cluster.sh prepare         packages, users, sudo rule, directories only
 #   scripts/dev-cluster.sh role ROLE [ARG] one component in the foreground (containers):
@@ -34,7 +38,11 @@
 #   SLURM_CGROUP            auto | yes | no  (cgroup v1 enforcement) [auto]
 #   SLURM_DB_PASSWORD       MariaDB password of user slurm          [kept in slurmdbd.conf, else random]
 #   SLURM_GATEWAY_CMD       command of "role gateway" (run as slurmgw) [slurm-gateway]
+#   SLURM_GATEWAY_SUDOERS   the sudo rule installed by "prepare"/"up"  [deploy/sudoers of the repository]
 set -euo pipefail
+# useradd, userdel, visudo, runuser, slurmd... live in sbin, which a root shell's PATH
+# may lack (su without "-", some CI runners).
+export PATH="/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin:$PATH"
 
 # ---------------------------------------------------------------------------
 # Settings
@@ -78,11 +86,17 @@ FIRST_SLURMD_PORT=6831 # single layout: node i listens on 6831+i-1
 # Users of the development cluster.
 DASK_GROUP=dask-users
 DASK_USERS=(alice bob)
+# Users of the cluster who are not allowed to use the gateway (not in $DASK_GROUP),
+# e.g. mallory, the attacker of the security tests: she can submit jobs herself.
+OTHER_USERS=(mallory)
+# Users tests/e2e/test_load.py creates (in $DASK_GROUP); "purge" removes them.
+LOAD_USERS=(load{01..20})
 SERVICE_USER=slurmgw
 SERVICE_HOME=/var/lib/slurm-gateway
 SLURM_ACCOUNT=dask
 
 # Paths.
+SCRIPT_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 RUN_DIR=/run/slurm-gateway-dev # pid files of the daemons this script started
 LOG_DIR=/var/log/slurm
 SLURM_ETC=/etc/slurm
@@ -271,6 +285,15 @@ create_users() {
             usermod -aG "$DASK_GROUP" "$u"
         fi
     done
+    for u in "${OTHER_USERS[@]}"; do
+        if ! id -u "$u" >/dev/null 2>&1; then
+            useradd --create-home --shell /bin/bash "$u"
+            log "created user $u (not in $DASK_GROUP)"
+        elif id -nG "$u" | tr ' ' '\n' | grep -qx "$DASK_GROUP"; then
+            gpasswd -d "$u" "$DASK_GROUP" >/dev/null
+            log "removed $u from $DASK_GROUP"
+        fi
+    done
     if ! id -u "$SERVICE_USER" >/dev/null 2>&1; then
         useradd --system --user-group --home-dir "$SERVICE_HOME" --no-create-home \
             --shell /usr/sbin/nologin --comment "slurm-gateway service" "$SERVICE_USER"
@@ -278,37 +301,27 @@ create_users() {
     fi
 }
 
-# The sudo rule of the service account. This heredoc is the one copy of the
-# rule text; the README quotes it. The service account may run exactly sbatch,
-# scancel, mkdir and tail (reading a failed job's log), without a password, as a
-# member of dask-users and never as root (the "!root" keeps it so even if root
-# joined the group).
-sudoers_rule() {
-    cat <<'EOF'
-# /etc/sudoers.d/slurm-gateway (installed by scripts/dev-cluster.sh)
-# slurm-gateway submits, cancels and prepares jobs, reads their logs and checks job
-# environments, as the user who owns them. Its service account (slurmgw) may run
-# exactly these five programs, with any arguments and without a password, as a
-# member of the dask-users group, and never as root or as a user outside that group.
-Defaults:slurmgw !requiretty
-slurmgw ALL = (%dask-users, !root) NOPASSWD: /usr/bin/sbatch, /usr/bin/scancel, /usr/bin/mkdir, /usr/bin/tail, /opt/slurm-gateway/venv/bin/slurm-gateway-env-check
-EOF
+# The sudo rule of the service account: deploy/sudoers in the repository, the one
+# copy of the rule (README.md quotes it), installed verbatim as $SUDOERS_FILE after
+# visudo has validated it. SLURM_GATEWAY_SUDOERS names another copy of that file
+# (for a copy of this script outside the repository, e.g. in a container image).
+sudoers_source() {
+    local src=${SLURM_GATEWAY_SUDOERS:-${SCRIPT_DIR%/*}/deploy/sudoers}
+    [[ -r $src ]] || die "the sudo rule $src is missing (set SLURM_GATEWAY_SUDOERS to deploy/sudoers of the repository)"
+    printf '%s' "$src"
 }
 
 install_sudoers() {
-    local tmp
-    tmp=$(mktemp)
-    sudoers_rule >"$tmp"
-    if ! visudo -cf "$tmp" >/dev/null; then
-        visudo -cf "$tmp" >&2 || true
-        rm -f "$tmp"
-        die "the sudo rule does not validate"
+    local src out
+    src=$(sudoers_source)
+    if ! out=$(visudo -cf "$src" 2>&1); then
+        printf '%s\n' "$out" >&2
+        die "the sudo rule $src does not validate"
     fi
     install -d -m 0750 /etc/sudoers.d
-    if sudoers_rule | write_file "$SUDOERS_FILE" 0440 root:root; then
-        log "installed $SUDOERS_FILE"
+    if write_file "$SUDOERS_FILE" 0440 root:root <"$src"; then
+        log "installed $SUDOERS_FILE from $src"
     fi
-    rm -f "$tmp"
     visudo -c >/dev/null || die "sudo configuration invalid after installing $SUDOERS_FILE"
 }
 
@@ -650,7 +663,8 @@ start_slurmdbd() {
     log "slurmdbd up"
 }
 
-# Cluster, account and users in the accounting database (idempotent). One
+# Cluster, account and users in the accounting database (idempotent): the gateway's
+# users, the others (mallory submits jobs herself) and the service account. One
 # query when everything is already there (sacctmgr calls cost ~0.2 s each).
 ensure_accounting() {
     local u assoc
@@ -666,7 +680,7 @@ ensure_accounting() {
             die "sacctmgr add account $SLURM_ACCOUNT failed"
         log "added account $SLURM_ACCOUNT"
     fi
-    for u in "${DASK_USERS[@]}" "$SERVICE_USER"; do
+    for u in "${DASK_USERS[@]}" "${OTHER_USERS[@]}" "$SERVICE_USER"; do
         if ! grep -qx "$CLUSTER_NAME|$SLURM_ACCOUNT|$u" <<<"$assoc"; then
             sacctmgr -i add user "$u" Account="$SLURM_ACCOUNT" DefaultAccount="$SLURM_ACCOUNT" \
                 Cluster="$CLUSTER_NAME" >/dev/null || die "sacctmgr add user $u failed"
@@ -782,18 +796,203 @@ cmd_up() {
     t1=$(now)
     local cg="cgroup/v1"
     ((CGROUP_ACTIVE)) || cg="no cgroups (fallback)"
-    printf 'dev-cluster up in %.1fs: cluster %s, slurmctld %s:6817, slurmdbd %s:6819 (MariaDB 127.0.0.1:3306), nodes %s up, partitions workers=%s schedulers=%s, %s, users %s in %s, service account %s\n' \
+    printf 'dev-cluster up in %.1fs: cluster %s, slurmctld %s:6817, slurmdbd %s:6819 (MariaDB 127.0.0.1:3306), nodes %s up, partitions workers=%s schedulers=%s, %s, users %s in %s, %s not, service account %s\n' \
         "$(awk -v a="$t0" -v b="$t1" 'BEGIN {print b - a}')" "$CLUSTER_NAME" "${CONTROLLER_ADDR:-$CONTROLLER_HOST}" \
         "$DBD_HOST" "$(join_by , "${NODES[@]}")" "$(join_by , "${NODES[@]}")" "$(join_by , "${SCHEDULER_NODES[@]}")" \
-        "$cg" "$(join_by , "${DASK_USERS[@]}")" "$DASK_GROUP" "$SERVICE_USER"
+        "$cg" "$(join_by , "${DASK_USERS[@]}")" "$DASK_GROUP" "$(join_by , "${OTHER_USERS[@]}")" "$SERVICE_USER"
 }
 
-cmd_down() {
+stop_started_daemons() {
     stop_slurm_daemons
     stop_daemons slurmdbd "$RUN_DIR/slurmdbd.pid" slurmdbd
     # MariaDB and munged only after everything that uses them.
     stop_daemons mariadb "$RUN_DIR/mariadb.pid" mariadbd munged "$RUN_DIR/munged.pid" munged
+}
+
+cmd_down() {
+    stop_started_daemons
     log "dev-cluster down (packages, users and configuration left in place)"
+}
+
+# ---------------------------------------------------------------------------
+# purge: back to a fresh machine, for everything this project creates (packages stay)
+# ---------------------------------------------------------------------------
+# Daemons stopped wherever they come from (the state they use is removed).
+PURGE_DAEMONS=(slurmctld slurmd slurmdbd munged mariadbd)
+PURGED=0
+
+purged() {
+    printf '[dev-cluster] purge: removed %s\n' "$*" >&2
+    PURGED=$((PURGED + 1))
+}
+
+# purge_path PATH...: remove each PATH that exists (file, link or whole directory).
+purge_path() {
+    local p
+    for p in "$@"; do
+        if [[ -e $p || -L $p ]]; then
+            rm -rf -- "$p"
+            purged "$p"
+        fi
+    done
+}
+
+# purge_unpackaged DIR: remove everything under DIR that no Debian package owns,
+# keeping the directories the packages ship (e.g. /var/lib/slurm/slurmctld, emptied).
+purge_unpackaged() {
+    local dir=$1 p
+    [[ -d $dir && ! -L $dir ]] || return 0
+    if ! dpkg-query -S "$dir" >/dev/null 2>&1; then
+        purge_path "$dir"
+        return 0
+    fi
+    for p in "$dir"/* "$dir"/.[!.]* "$dir"/..?*; do
+        [[ -e $p || -L $p ]] || continue
+        if ! dpkg-query -S "$p" >/dev/null 2>&1; then
+            purge_path "$p"
+        elif [[ -d $p && ! -L $p ]]; then
+            purge_unpackaged "$p"
+        fi
+    done
+}
+
+# purge_pids DAEMONS UID...: pids of the live (not zombie) processes to stop: the
+# gateway (slurm-gateway, also under runuser), every process of the uids given,
+# slurmstepd (the users' jobs), and with DAEMONS=1 the daemons of PURGE_DAEMONS.
+purge_pids() {
+    local daemons=$1 d pid comm key real eff state argv
+    shift
+    local uids=" $* " comms=" slurm-gateway slurmstepd "
+    ((daemons)) && comms+="${PURGE_DAEMONS[*]} "
+    for d in /proc/[0-9]*; do
+        pid=${d#/proc/}
+        ((pid != $$ && pid != BASHPID)) || continue
+        real='' eff='' state=''
+        {
+            read -r comm <"$d/comm" &&
+                mapfile -d '' -t argv <"$d/cmdline" &&
+                while read -r key real eff _; do
+                    case $key in
+                    State:) state=$real ;;
+                    Uid:) break ;;
+                    esac
+                done <"$d/status"
+        } 2>/dev/null || continue # gone meanwhile
+        [[ $state != Z ]] || continue
+        if [[ $comms == *" $comm "* || " ${argv[*]} " == *" /opt/slurm-gateway/venv/bin/slurm-gateway "* ]] ||
+            [[ $uids != "  " && ($uids == *" $real "* || $uids == *" $eff "*) ]]; then
+            printf '%s\n' "$pid"
+        fi
+    done
+}
+
+# purge_kill DAEMONS UID...: SIGTERM the processes of purge_pids, SIGKILL the
+# ones left after 15 s.
+purge_kill() {
+    local pids pid n
+    mapfile -t pids < <(purge_pids "$@")
+    ((${#pids[@]} > 0)) || return 0
+    for pid in "${pids[@]}"; do
+        log "purge: stopping $(cat "/proc/$pid/comm" 2>/dev/null || echo '?') (pid $pid)"
+        kill -TERM "$pid" 2>/dev/null || true
+    done
+    for ((n = 0; n < 75; n++)); do
+        mapfile -t pids < <(purge_pids "$@")
+        ((${#pids[@]} > 0)) || return 0
+        sleep 0.2
+    done
+    for pid in "${pids[@]}"; do
+        warn "purge: $(cat "/proc/$pid/comm" 2>/dev/null || echo '?') (pid $pid) ignored SIGTERM for 15s; sending SIGKILL"
+        kill -KILL "$pid" 2>/dev/null || true
+    done
+    for ((n = 0; n < 25; n++)); do
+        mapfile -t pids < <(purge_pids "$@")
+        ((${#pids[@]} > 0)) || return 0
+        sleep 0.2
+    done
+    die "purge: processes still alive after SIGKILL: ${pids[*]}"
+}
+
+# purge_user NAME: the account, its group of the same name, its home (if it is
+# /home/NAME, or the service account's), its mail spool and its files on top of
+# /tmp, /var/tmp and /dev/shm (e.g. the slurm-JOBID.out of a job run in /tmp).
+purge_user() {
+    local u=$1 home f
+    if id -u "$u" >/dev/null 2>&1; then
+        home=$(getent passwd "$u" | cut -d: -f6)
+        while IFS= read -r -d '' f; do
+            purge_path "$f"
+        done < <(find /tmp /var/tmp /dev/shm -xdev -mindepth 1 -maxdepth 1 -user "$u" -print0 2>/dev/null)
+        if ! userdel "$u" 2>/dev/null; then
+            warn "purge: userdel $u refused; forcing it"
+            userdel --force "$u"
+        fi
+        purged "user $u"
+        if [[ $home == "/home/$u" || ($u == "$SERVICE_USER" && $home == "$SERVICE_HOME") ]]; then
+            purge_path "$home"
+        fi
+    fi
+    if getent group "$u" >/dev/null; then
+        groupdel "$u"
+        purged "group $u"
+    fi
+    purge_path "/var/mail/$u"
+}
+
+cmd_purge() {
+    local u users uids=() cg d
+    users=("${DASK_USERS[@]}" "${OTHER_USERS[@]}" "${LOAD_USERS[@]}" "$SERVICE_USER")
+    PURGED=0
+    # 1. Processes: the gateway, the users' processes and their jobs (slurmstepd);
+    #    then the daemons this script started, in order; then any such daemon left.
+    for u in "${users[@]}"; do
+        if id -u "$u" >/dev/null 2>&1; then uids+=("$(id -u "$u")"); fi
+    done
+    purge_kill 0 "${uids[@]}"
+    stop_started_daemons
+    purge_kill 1
+    # The jobs' cgroups (cgroup v1), empty now: the kernel refuses to remove others.
+    for cg in /sys/fs/cgroup/*/slurm /sys/fs/cgroup/*/slurm_* /sys/fs/cgroup/*/slurm-gateway-dev-probe.*; do
+        [[ -d $cg ]] || continue
+        while IFS= read -r d; do
+            rmdir "$d" 2>/dev/null || warn "purge: cannot remove cgroup $d"
+        done < <(find "$cg" -depth -type d 2>/dev/null)
+        [[ -d $cg ]] || purged "cgroup $cg"
+    done
+
+    # 2. Users and groups (Slurm's accounting records go with MariaDB's data below).
+    for u in "${users[@]}"; do
+        purge_user "$u"
+    done
+    if getent group "$DASK_GROUP" >/dev/null; then
+        groupdel "$DASK_GROUP"
+        purged "group $DASK_GROUP"
+    fi
+
+    # 3. Files: the sudo rule; the gateway's, the demo's and the tests'; Slurm's
+    #    configuration, state and logs; the munge key and munged's seed; MariaDB's data
+    #    (slurm_acct_db and its user). Directories the Debian packages ship stay.
+    purge_path "$SUDOERS_FILE" "$SUDOERS_FILE".??????
+    purge_path /depot /opt/slurm-gateway "$SERVICE_HOME" /var/log/slurm-gateway \
+        /etc/slurm-gateway /etc/dask/gateway.yaml /run/slurm-gateway* \
+        /var/log/slurm-gateway-service.log /var/log/slurm-gateway-proxy.log \
+        /tmp/slurm-gateway-* /tmp/dask-gateway.*
+    if [[ -d /etc/dask ]] && rmdir /etc/dask 2>/dev/null; then purged /etc/dask; fi
+    purge_path "$SLURM_CONF_FILE" "$CGROUP_CONF_FILE" "$SLURMDBD_CONF_FILE" "$MUNGE_KEY"
+    for d in "$SLURM_ETC" /var/lib/slurm "$LOG_DIR" "$(dirname "$MUNGE_KEY")" /var/lib/munge /var/log/munge; do
+        purge_unpackaged "$d"
+    done
+    purge_path "$MYSQL_DATADIR" /run/mysqld /run/munge
+    # apt's guard, if an interrupted install_packages left it behind.
+    if [[ -f /usr/sbin/policy-rc.d && "$(</usr/sbin/policy-rc.d)" == $'#!/bin/sh\nexit 101' ]]; then
+        purge_path /usr/sbin/policy-rc.d
+    fi
+
+    if ((PURGED)); then
+        log "purge: done, $PURGED items removed (Debian packages stay installed)"
+    else
+        log "purge: nothing to remove"
+    fi
 }
 
 daemon_status() {
@@ -921,6 +1120,7 @@ main() {
     case $cmd in
     up) require_root; cmd_up ;;
     down) require_root; cmd_down ;;
+    purge) require_root; cmd_purge ;;
     status) cmd_status ;;
     prepare) require_root; cmd_prepare ;;
     role) cmd_role "$@" ;;

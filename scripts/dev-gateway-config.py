@@ -11,6 +11,7 @@ c.SlurmGateway.authenticator_class = "dask_gateway_server.auth.SimpleAuthenticat
 c.Proxy.externally_managed = True
 
 c.SlurmBackend.listen_host = "127.0.0.1"  # all compute nodes are this host
+c.SlurmBackend.allowed_group = "dask-users"  # the group of the sudo rule
 c.SlurmBackend.slurm_poll_period = 2
 
 c.SlurmClusterConfig.conda_env = "/opt/slurm-gateway/envs/default"

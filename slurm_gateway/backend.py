@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 import asyncio
-import json
 import math
 import os
 import pwd
-import stat
+import secrets
 import sys
 import time
 import uuid
@@ -24,23 +23,26 @@ from dask_gateway_server.traitlets import MemoryLimit, Type
 from dask_gateway_server.utils import timestamp
 from traitlets import Bool, Float, Integer, List, Unicode, default
 
+from .as_user import AsUser, UserError
 from .batching import Coalescer
-from .envcheck import env_problem
-from .limits import UserLimits, admit
+from .identity import UserPolicy, user_problem
+from .limits import UserLimits, admit, workers_allowed
 from .options import (
     DEFAULT_ENVIRONMENT_DENY,
     check_conda_env,
     default_options,
     filter_environment,
-    scale_request_problem,
+    request_body_problem,
 )
 from .rendering import render_job_script, template_environment
 from .slurm import (
     NOT_THE_JOBS_FAULT,
     UNKNOWN,
     JobInfo,
+    confirms_marker,
     describe_job,
     format_walltime,
+    job_marker_command,
     parse_max_array_size,
     parse_sbatch_job_ids,
     sbatch_command,
@@ -51,6 +53,7 @@ from .slurm import (
 )
 from .state import ensure_private_directory, read_or_create_secret
 from .tracker import JobTracker
+from .userfs import directory_problem
 
 # Worker records created in one database transaction (then a yield to the event loop)
 # when a cluster scales up.
@@ -103,8 +106,6 @@ class SlurmBackend(DBBackendBase):
     scontrol = Unicode(
         "/usr/bin/scontrol", help="Path to scontrol (run as the gateway).", config=True
     )
-    mkdir = Unicode("/usr/bin/mkdir", help="Path to mkdir (run as the user).", config=True)
-    tail = Unicode("/usr/bin/tail", help="Path to tail (run as the user).", config=True)
 
     job_name_prefix = Unicode(
         "dask-gateway",
@@ -159,15 +160,63 @@ class SlurmBackend(DBBackendBase):
         config=True,
     )
 
-    env_check = Unicode(
-        help="""Path of ``slurm-gateway-env-check`` (run as the user through sudo to check a
-        ``conda_env`` before submitting). Default: the one installed beside the gateway.""",
+    user_helper = Unicode(
+        help="""Path of ``slurm-gateway-user-helper``, run as the user through sudo to create
+        the user's log directories, check a ``conda_env`` and read the end of a job log.
+        Default: the one installed beside the gateway.""",
         config=True,
     )
 
-    @default("env_check")
-    def _default_env_check(self):
-        return os.path.join(sys.prefix, "bin", "slurm-gateway-env-check")
+    @default("user_helper")
+    def _default_user_helper(self):
+        return os.path.join(sys.prefix, "bin", "slurm-gateway-user-helper")
+
+    env_check_timeout = Float(
+        30,
+        min=1,
+        help="""Seconds a ``conda_env``'s python has to report its packages; then it is
+        killed with everything it started, and the cluster is refused.""",
+        config=True,
+    )
+
+    max_log_bytes = Integer(
+        65536,
+        min=1024,
+        help="Bytes read from the end of a failed job's log to quote its last line.",
+        config=True,
+    )
+
+    min_user_uid = Integer(
+        1000,
+        min=1,
+        help="""Users with a smaller uid (system accounts) cannot start clusters. Root and the
+        gateway's own service account never can.""",
+        config=True,
+    )
+
+    max_user_uid = Integer(
+        60000,
+        min=1,
+        help="""Users with a larger uid cannot start clusters: on Debian, ``nobody`` and the
+        accounts of daemons (``slurm``, ``munge``) are above 60000 (``UID_MAX``).""",
+        config=True,
+    )
+
+    allowed_group = Unicode(
+        "",
+        help="""If set, only members of this Unix group may start clusters (use the group of
+        the sudo rule, e.g. ``dask-users``); others get 403 before anything runs as them.""",
+        config=True,
+    )
+
+    max_concurrent_starts_per_user = Integer(
+        2,
+        min=1,
+        help="""Most ``new_cluster`` requests of one user checked at once (each runs her
+        environment's python); more get 429 at once, so that one user cannot tie up the
+        gateway's processes for everyone.""",
+        config=True,
+    )
 
     check_environments = Bool(
         True,
@@ -223,6 +272,14 @@ class SlurmBackend(DBBackendBase):
         0,
         help="""Most memory one user's clusters may hold together, e.g. ``"256 G"``
         (0: no limit). A new cluster's ``cluster_max_workers`` is cut to what is left.""",
+        config=True,
+    )
+
+    max_workers_per_user = Integer(
+        2000,
+        min=0,
+        help="""Most workers one user's clusters may have together (0: no limit). A
+        cluster asking for more (``scale``, ``adapt``) gets what is left.""",
         config=True,
     )
 
@@ -314,13 +371,23 @@ class SlurmBackend(DBBackendBase):
         # Answer a client's wait for a failed cluster with 409 and our reason: the stock
         # client then raises it verbatim instead of "failed to start, see logs".
         app.middlewares.append(self._failure_reason_middleware)
-        # The stock scale/adapt routes pass some bad values on to the scheduler; adapt with
-        # minimum > maximum even makes the scheduler fail and the gateway stop the cluster.
-        app.middlewares.append(_scale_request_middleware)
+        # The stock routes answer a body that is not JSON with 500, and pass some bad
+        # scale/adapt values on to the scheduler; adapt with minimum > maximum even makes the
+        # scheduler fail and the gateway stop the cluster.
+        app.middlewares.append(_request_body_middleware)
         await super().setup(app)
 
     async def do_setup(self):
+        # The site's cluster settings are checked now, not at the first user's request.
+        self.cluster_config_class(parent=self)
         self.runner = self.runner_class(parent=self, log=self.log)
+        self.as_user = AsUser(self.runner, self.user_helper, max_log_bytes=self.max_log_bytes)
+        self.user_policy = UserPolicy(
+            min_uid=self.min_user_uid, max_uid=self.max_user_uid, allowed_group=self.allowed_group
+        )
+        # New clusters being checked, per user: how many, and their configs (which count
+        # against the user's limits until the cluster is created or refused).
+        self._starting: dict[str, list[dict]] = {}
         self.templates = template_environment([self.template_path])
         self.tracker = JobTracker(
             self.runner.run,
@@ -386,9 +453,8 @@ class SlurmBackend(DBBackendBase):
         return self.tracker.get(job_id) if job_id else None
 
     async def process_cluster_options(self, user, request):
-        """Check the resulting config whatever options the admin defined (see options.py),
-        then, as the user, the job environment and the log directory: a bad request fails
-        here in seconds, before anything is submitted."""
+        """Check the resulting config whatever options the admin defined (see options.py):
+        paths and variables are checked, nothing is run."""
         options, config = await super().process_cluster_options(user, request)
         try:
             config.conda_env = check_conda_env(config.conda_env)
@@ -399,45 +465,113 @@ class SlurmBackend(DBBackendBase):
             raise PublicException(str(exc)) from None
         if dropped:
             self.log.info("Not forwarding env %s for user %s", sorted(dropped), user.name)
-        user_log_directory = config.log_directory.format(username=user.name)
-        checks = [self._prepare_user_log_directory(user.name, user_log_directory)]
-        if self.check_environments:
-            checks.append(self._check_environment(user.name, config.conda_env))
-        try:
-            await asyncio.gather(*checks)
-        except (SlurmError, ValueError) as exc:
-            raise PublicException(str(exc)) from None
         return options, config
 
     async def start_cluster(self, user, cluster_options):
-        # As the stock method, plus per-user limits checked and the cluster recorded with no
-        # await in between, so that two concurrent requests cannot both slip past a limit.
-        options, config = await self.process_cluster_options(user, cluster_options)
-        limits = UserLimits(
-            self.max_clusters_per_user, self.max_cores_per_user, self.max_memory_per_user
-        )
-        # list_clusters() without statuses lists only active clusters
-        active = [(c.config, c.count) for c in self.db.list_clusters(username=user.name)]
+        """As the stock method, checked cheapest first: who the user is, how many of her
+        requests are in progress, the options, her limits (counting clusters still being
+        checked), and only then, as the user, her log directory and job environment."""
+        username = user.name
+        problem = user_problem(username, self.user_policy, service_uid=os.getuid())
+        if problem:
+            # 422, not 403: through the proxy, the stock client shows a 422's message only.
+            self.log.warning("Refused a cluster for %r: %s", username, problem)
+            raise PublicException(problem)
+        starting = self._starting.setdefault(username, [])
+        if len(starting) >= self.max_concurrent_starts_per_user:
+            raise web.HTTPTooManyRequests(
+                reason=f"{len(starting)} of your new clusters are still being checked and "
+                f"the limit per user is {self.max_concurrent_starts_per_user}; wait for them"
+            )
+        reservation: dict = {}
+        starting.append(reservation)
         try:
-            most = admit(limits, active, config.to_dict())
+            options, config = await self.process_cluster_options(user, cluster_options)
+            self._admit(username, config, reservation)
+            await self._check_as_user(username, config)
+            starting.remove(reservation)
+            # Admitted above and counted since: created with no await in between.
+            cluster = self.db.create_cluster(username, options, config.to_dict())
+        finally:
+            if reservation in starting:
+                starting.remove(reservation)
+            if not starting:
+                self._starting.pop(username, None)
+        self.log.info("Created cluster %s for user %s", cluster.name, username)
+        self.queue.put(cluster)
+        return cluster.name
+
+    def _user_limits(self) -> UserLimits:
+        return UserLimits(
+            self.max_clusters_per_user,
+            self.max_cores_per_user,
+            self.max_memory_per_user,
+            self.max_workers_per_user,
+        )
+
+    def _admit(self, username: str, config, reservation: dict) -> None:
+        """Check a new cluster against the user's limits (active clusters and those being
+        checked) and reserve its place, with no await in between."""
+        # list_clusters() without statuses lists only active clusters
+        active = [(c.config, c.count) for c in self.db.list_clusters(username=username)]
+        active += [(r, 0) for r in self._starting.get(username, []) if r]
+        try:
+            most = admit(self._user_limits(), active, config.to_dict())
         except ValueError as exc:
             raise PublicException(str(exc)) from None
         if most is not None and (
             config.cluster_max_workers is None or most < config.cluster_max_workers
         ):
             config.cluster_max_workers = most
-        cluster = self.db.create_cluster(user.name, options, config.to_dict())
-        self.log.info("Created cluster %s for user %s", cluster.name, user.name)
-        self.queue.put(cluster)
-        return cluster.name
+        reservation.update(config.to_dict())
 
-    async def _check_environment(self, username: str, prefix: str):
-        result = await self.runner.run([self.env_check, prefix], user=username)
-        if not result.ok:
-            raise SlurmError(f"cannot check conda_env {prefix}: {result.summary()}")
-        problem = env_problem(prefix, json.loads(result.stdout), dask_gateway_server_version)
+    async def _check_as_user(self, username: str, config) -> None:
+        """Her log directory (if it exists) cannot be redirected, and her job environment
+        is usable: a bad request fails here in seconds, before anything is submitted."""
+        problem = self._user_directory_problem(username, config.log_directory)
         if problem:
-            raise ValueError(problem)
+            raise PublicException(f"log directory: {problem}")
+        if self.check_environments:
+            try:
+                await self.as_user.check_environment(
+                    username,
+                    config.conda_env,
+                    dask_gateway_server_version,
+                    self.env_check_timeout,
+                )
+            except UserError as exc:
+                raise PublicException(str(exc)) from None
+
+    def _user_directory_problem(self, username: str, log_directory: str) -> str | None:
+        """Why the user's log directory could be redirected by someone else (None: it
+        cannot, or it does not exist yet and will be created by the user)."""
+        path = os.path.normpath(log_directory.format(username=username))
+        uid = pwd.getpwnam(username).pw_uid
+        if not os.path.lexists(path):
+            return None
+        return directory_problem(path, uid)
+
+    async def on_cluster_heartbeat(self, cluster_name, msg):
+        # dask-gateway-server internals (DBBackendBase.on_cluster_heartbeat): the scheduler's
+        # heartbeat carries the number of workers it wants (scale, adapt). Cap it to what
+        # the user's limits leave beside her other clusters, then let the stock code act.
+        cluster = self.db.get_cluster(cluster_name)
+        if cluster is not None and isinstance(msg.get("count"), int):
+            others = [
+                (c.config, c.count)
+                for c in self.db.list_clusters(username=cluster.username)
+                if c.name != cluster_name
+            ]
+            most = workers_allowed(self._user_limits(), others, cluster.config)
+            if most is not None and msg["count"] > most:
+                self.log.info(
+                    "Cluster %s asked for %d workers; the user's limits leave %d",
+                    cluster_name,
+                    msg["count"],
+                    most,
+                )
+                msg = {**msg, "count": most}
+        await super().on_cluster_heartbeat(cluster_name, msg)
 
     # -- polling ---------------------------------------------------------------------------
 
@@ -475,7 +609,8 @@ class SlurmBackend(DBBackendBase):
 
     @property
     def job_marker(self) -> str:
-        """Prefix of every job's ``--comment``; tells this gateway's jobs from others'."""
+        """Every job's ``--comment``: tells this gateway's jobs from others'. Everybody can
+        read it, so it names no cluster."""
         return f"dask-gateway@{self.state_directory}"
 
     async def _orphan_loop(self):
@@ -489,7 +624,10 @@ class SlurmBackend(DBBackendBase):
             await asyncio.sleep(self.orphan_check_period)
 
     async def _cancel_orphans(self):
-        """Cancel active jobs bearing our marker that no active cluster owns."""
+        """Cancel active jobs bearing our job names and marker that no active cluster owns.
+
+        Any user can name a job like ours, so each candidate's owner, name and marker are
+        confirmed from SLURM for that job id alone before it is cancelled, as its owner."""
         await self.tracker.poll(force=True)
         if not self.tracker.slurm_available:
             return
@@ -497,10 +635,10 @@ class SlurmBackend(DBBackendBase):
         orphans: dict[str, list[str]] = {}
         for job_id, info in self.tracker.last_seen.items():
             if (
-                info.comment.startswith(self.job_marker + ":")
-                and info.is_active
+                info.is_active
                 and job_id not in self._job_owners
                 and now - _epoch(info.submit_time) > self.orphan_min_age
+                and await self._is_ours(job_id, info.user)
             ):
                 orphans.setdefault(info.user, []).append(job_id)
         for user, job_ids in orphans.items():
@@ -510,6 +648,12 @@ class SlurmBackend(DBBackendBase):
                 " ".join(job_ids),
             )
             await self._cancel(user, job_ids)
+
+    async def _is_ours(self, job_id: str, user: str) -> bool:
+        if user_problem(user, self.user_policy, service_uid=os.getuid()):
+            return False  # never a job this gateway could have submitted
+        result = await self.runner.run(job_marker_command(job_id, self.tracker.job_names))
+        return result.ok and confirms_marker(result.stdout, job_id, user, self.job_marker)
 
     def _is_alive(self, obj) -> bool:
         info = self._job_info(obj)
@@ -611,13 +755,21 @@ class SlurmBackend(DBBackendBase):
     # -- clusters --------------------------------------------------------------------------
 
     async def do_start_cluster(self, cluster):
-        state = {"log_directory": self._log_directory(cluster)}
+        # Named by start time and chance, not by the cluster: every user can read a job's
+        # output path and working directory, and a cluster's name is its dashboard's key.
+        user_directory = self._user_log_directory(cluster)
+        subdirectory = f"{time.strftime('%Y%m%d-%H%M%S')}-{secrets.token_hex(4)}"
+        state = {"log_directory": f"{user_directory}/{subdirectory}"}
         try:
-            await self._make_directory(cluster.username, state["log_directory"])
-            script = self._render(cluster, "scheduler")
-            [job_id] = await self._sbatch(cluster.username, script)
+            await self.as_user.prepare_log_directory(
+                cluster.username, user_directory, subdirectory, cluster.name
+            )
+            script = self._render(cluster, "scheduler", log_directory=state["log_directory"])
+            [job_id] = await self._sbatch(cluster, script)
         except Exception as exc:
-            failure = str(exc) if isinstance(exc, SlurmError | ValueError) else repr(exc)
+            failure = (
+                str(exc) if isinstance(exc, SlurmError | UserError | ValueError) else repr(exc)
+            )
             self.db.update_cluster(
                 cluster, state={**state, "failure": f"Cluster {cluster.name} failed: {failure}"}
             )
@@ -640,20 +792,32 @@ class SlurmBackend(DBBackendBase):
         scheduler_job = cluster.state.get("job_id")
         if scheduler_job:
             job_ids.insert(0, scheduler_job)
+        last_line_of = None
         if cluster.target == JobStatus.FAILED and "failure" not in cluster.state:
-            reason = await self._explain_failure(cluster)
+            # The SLURM facts are recorded before the job's log is read (as the user, which
+            # can be slow): a restarted gateway never does that work again.
+            reason, last_line_of = await self._explain_failure(cluster)
             self.db.update_cluster(cluster, state={**cluster.state, "failure": reason})
-            self.log.warning("User %s: %s", cluster.username, reason)
         try:
             await self._cancel(cluster.username, job_ids)
         finally:
             self._forget(job_ids)
+        if last_line_of:
+            last_line = await self.as_user.last_log_line(cluster.username, last_line_of)
+            if last_line:
+                reason = cluster.state["failure"]
+                head, _, tail = reason.rpartition(". Log: ")
+                reason = f"{head}; last log line: {last_line}. Log: {tail}"
+                self.db.update_cluster(cluster, state={**cluster.state, "failure": reason})
+        if cluster.target == JobStatus.FAILED:
+            self.log.warning("User %s: %s", cluster.username, cluster.state.get("failure"))
 
-    async def _explain_failure(self, cluster) -> str:
-        """One line saying why a cluster failed, with the SLURM facts and the log's last line."""
+    async def _explain_failure(self, cluster) -> tuple[str, str | None]:
+        """One line saying why a cluster failed, with the SLURM facts, and the log whose
+        last line should be added to it (None: none)."""
         job_id = cluster.state.get("job_id")
         if not job_id:
-            return f"Cluster {cluster.name} failed before its scheduler job was submitted"
+            return f"Cluster {cluster.name} failed before its scheduler job was submitted", None
         await self.tracker.poll()
         info = self.tracker.get(job_id) or JobInfo(job_id, state=UNKNOWN)
         facts = describe_job("scheduler", info)
@@ -681,13 +845,11 @@ class SlurmBackend(DBBackendBase):
                 f"{cluster.worker_start_failure_count} workers in a row failed to start, last: "
                 f"{cluster.state.get('last_worker_failure', 'no details')}"
             )
-            return f"Cluster {cluster.name} failed: {why}. Logs: {cluster.state['log_directory']}"
+            logs = cluster.state["log_directory"]
+            return f"Cluster {cluster.name} failed: {why}. Logs: {logs}", None
         else:
             why = f"the scheduler stopped sending heartbeats: {facts}; the job was cancelled"
-        last_line = await self._last_log_line(cluster.username, log_file)
-        if last_line:
-            why += f"; last log line: {last_line}"
-        return f"Cluster {cluster.name} failed: {why}. Log: {log_file}"
+        return f"Cluster {cluster.name} failed: {why}. Log: {log_file}", log_file
 
     # -- workers ---------------------------------------------------------------------------
 
@@ -724,8 +886,8 @@ class SlurmBackend(DBBackendBase):
         return job_ids
 
     async def _submit_many(self, cluster, workers: list) -> list[str]:
-        script = self._render(cluster, "worker", workers)
-        return await self._sbatch(cluster.username, script, len(workers))
+        script = self._render(cluster, "worker", workers, cluster.state["log_directory"])
+        return await self._sbatch(cluster, script, len(workers))
 
     def _cancel_unclaimed(self, cluster_name: str, job_id: str):
         # The worker's start was abandoned (timed out) while its job was being submitted.
@@ -756,11 +918,10 @@ class SlurmBackend(DBBackendBase):
 
     # -- job scripts -----------------------------------------------------------------------
 
-    def _log_directory(self, cluster) -> str:
-        base = cluster.config["log_directory"].format(username=cluster.username)
-        return f"{base}/{cluster.name}"
+    def _user_log_directory(self, cluster) -> str:
+        return os.path.normpath(cluster.config["log_directory"].format(username=cluster.username))
 
-    def _render(self, cluster, role: str, workers: list = ()) -> str:
+    def _render(self, cluster, role: str, workers: list = (), log_directory: str = "") -> str:
         config = cluster.config
         if role == "scheduler":
             command = self.get_scheduler_command(cluster)
@@ -773,11 +934,18 @@ class SlurmBackend(DBBackendBase):
             cpus, memory = config["worker_cores"], config["worker_memory"]
             partition = config["partition"]
             walltime = format_walltime(seconds)
-        user_environment = dict(config["environment"])
-        log_directory = self._log_directory(cluster)
+        # The gateway's variables always win: a user's variable of the same name is dropped.
+        gateway_environment = {
+            k: v
+            for k, v in self.get_env(cluster).items()
+            if k not in config["environment"] or v != config["environment"][k]
+        }
+        user_environment = {
+            k: v for k, v in config["environment"].items() if k not in gateway_environment
+        }
         job = {
             "name": f"{self.job_name_prefix}-{role}",
-            "comment": f"{self.job_marker}:{cluster.name}:{role}",
+            "comment": self.job_marker,
             "log_file": f"{log_directory}/{role}-{'%A_%a' if len(workers) > 1 else '%j'}.log",
             "array": f"0-{len(workers) - 1}" if len(workers) > 1 else "",
             "chdir": log_directory,
@@ -801,14 +969,12 @@ class SlurmBackend(DBBackendBase):
                 "job": job,
                 "conda_env": config["conda_env"],
                 "user_environment": user_environment,
-                "gateway_environment": {
-                    k: v for k, v in self.get_env(cluster).items() if k not in user_environment
-                },
+                "gateway_environment": gateway_environment,
                 "tls_cert": cluster.tls_cert.decode(),
                 "tls_key": cluster.tls_key.decode(),
                 "command": command,
                 "worker_names": [w.name for w in workers],
-                "user_log_directory": os.path.dirname(log_directory),
+                "user_log_directory": self._user_log_directory(cluster),
                 "log_retention_days": config["log_retention_days"],
             },
         )
@@ -850,10 +1016,19 @@ class SlurmBackend(DBBackendBase):
 
     # -- SLURM commands as the user ----------------------------------------------------------
 
-    async def _sbatch(self, username: str, script: str, tasks: int = 1) -> list[str]:
-        """Submit a job (or job array of ``tasks`` tasks) as the user; return the job ids.
+    async def _sbatch(self, cluster, script: str, tasks: int = 1) -> list[str]:
+        """Submit a job (or job array of ``tasks`` tasks) as the cluster's user; return the
+        job ids.
 
-        While slurmctld does not answer, retry for ``slurm_retry_timeout`` seconds."""
+        Before each submission the user's log directory is checked again: the job's output
+        and working directory must be where nobody else can redirect them. While slurmctld
+        does not answer, retry for ``slurm_retry_timeout`` seconds."""
+        username = cluster.username
+        problem = directory_problem(
+            self._user_log_directory(cluster), pwd.getpwnam(username).pw_uid
+        )
+        if problem:
+            raise UserError(f"nothing was submitted: {problem}")
         deadline = time.monotonic() + self.slurm_retry_timeout
         delay = 1.0
         while True:
@@ -914,29 +1089,6 @@ class SlurmBackend(DBBackendBase):
                 return
             delay = min(delay * 2, 30)
 
-    async def _make_directory(self, username: str, path: str):
-        result = await self.runner.run([self.mkdir, "-p", "-m", "0700", "--", path], user=username)
-        if not result.ok:
-            raise SlurmError(f"cannot create the log directory {path}: {result.summary()}")
-
-    async def _prepare_user_log_directory(self, username: str, path: str):
-        """Create the user's log directory as the user, and refuse one others could read."""
-        await self._make_directory(username, path)
-        info = os.stat(path)
-        if info.st_uid != pwd.getpwnam(username).pw_uid or info.st_mode & (
-            stat.S_IRWXG | stat.S_IRWXO
-        ):
-            raise SlurmError(
-                f"the log directory {path} must be owned by {username} with mode 0700 "
-                f"(it has uid {info.st_uid}, mode {stat.S_IMODE(info.st_mode):o}); "
-                f"ask the admins to fix or remove it"
-            )
-
-    async def _last_log_line(self, username: str, path: str) -> str:
-        result = await self.runner.run([self.tail, "-n", "20", "--", path], user=username)
-        lines = [line.strip() for line in result.stdout.splitlines() if line.strip()]
-        return lines[-1][:500].rstrip(".") if result.ok and lines else ""
-
     # -- API -----------------------------------------------------------------------------
 
     @web.middleware
@@ -960,20 +1112,22 @@ class SlurmBackend(DBBackendBase):
 
 
 @web.middleware
-async def _scale_request_middleware(request, handler):
-    action = request.path.rstrip("/").rsplit("/", 1)[-1]
-    if (
-        request.method == "POST"
-        and action in ("scale", "adapt")
-        and "cluster_name" in (request.match_info)
-    ):
-        try:
-            body = await request.json()
-        except ValueError:
-            body = None
-        problem = scale_request_problem(action, body)
-        if problem:
-            return web.json_response({"error": problem}, status=422)
+async def _request_body_middleware(request, handler):
+    if request.method == "POST":
+        path = request.path.rstrip("/")
+        action = path.rsplit("/", 1)[-1]
+        if path.endswith("/api/v1/clusters"):
+            action = "create"
+        elif action not in ("scale", "adapt") or "cluster_name" not in request.match_info:
+            action = None
+        if action:
+            try:
+                body = await request.json()
+            except ValueError:
+                body = None
+            problem = request_body_problem(action, body)
+            if problem:
+                return web.json_response({"error": problem}, status=422)
     return await handler(request)
 
 

@@ -8,15 +8,21 @@ from dask_gateway_server.backends.base import ClusterConfig
 from dask_gateway_server.traitlets import Command
 from traitlets import Float, Integer, List, Unicode, default, validate
 
+from .rendering import directive_value_problem
+
+#: Workers of one cluster unless the admin sets ``cluster_max_workers``.
+DEFAULT_MAX_WORKERS = 1000
+
 # [minutes] | MM:SS | HH:MM:SS | D-HH | D-HH:MM | D-HH:MM:SS, as sbatch --time accepts.
 _WALLTIME = re.compile(
     r"^(\d+|\d+:\d{2}|\d+:\d{2}:\d{2}|\d+-\d+|\d+-\d+:\d{2}|\d+-\d+:\d{2}:\d{2})$"
 )
 
 
-def _one_line(name: str, value: str) -> str:
-    if any(ord(c) < 32 or ord(c) == 127 for c in value):
-        raise ValueError(f"{name} must be one printable line, got {value!r}")
+def _directive(name: str, value: str) -> str:
+    problem = directive_value_problem(value)
+    if problem:
+        raise ValueError(f"{name}: {problem}")
     return value
 
 
@@ -111,10 +117,13 @@ class SlurmClusterConfig(ClusterConfig):
     log_directory = Unicode(
         "/var/log/slurm-gateway/{username}",
         help="""Per-user directory of job logs; ``{username}`` is replaced. Each cluster's
-        logs go in a subdirectory named after the cluster and are kept after it stops.
-        The gateway creates it as the user (mode 0700) and refuses one the user does not
-        own or that others can read. Must be visible on compute nodes; the parent must let
-        users create their own directory (e.g. mode 1733).""",
+        logs go in a subdirectory named by its start time (``20261201-094500-1a2b3c4d``,
+        with a file ``CLUSTER`` holding the cluster's name) and are kept after it stops.
+        The gateway creates it as the user (mode 0700), and before every submission refuses
+        one that anybody but the user or root could redirect: a symbolic link, another
+        owner, group or other access, or a parent others can write without the sticky bit.
+        Must be visible on compute nodes; the parent must let users create their own
+        directory (e.g. root-owned, mode 1733).""",
         config=True,
     )
 
@@ -125,6 +134,13 @@ class SlurmClusterConfig(ClusterConfig):
         user) cluster log directories older than this. 0: keep forever.""",
         config=True,
     )
+
+    @default("cluster_max_workers")
+    def _default_cluster_max_workers(self):
+        # Finite by default (the stock default is no limit): scale(10**7) would otherwise
+        # create ten million worker records.
+        limit = self._worker_limit_from_resources()
+        return DEFAULT_MAX_WORKERS if limit is None else min(limit, DEFAULT_MAX_WORKERS)
 
     @default("scheduler_partition")
     def _default_scheduler_partition(self):
@@ -151,9 +167,11 @@ class SlurmClusterConfig(ClusterConfig):
         "gres",
         "log_directory",
     )
-    def _validate_one_line(self, proposal):
-        return _one_line(proposal.trait.name, proposal.value)
+    def _validate_directive(self, proposal):
+        # log_directory goes on the --output line once {username} (a checked name) is set.
+        _directive(proposal.trait.name, proposal.value.replace("{username}", "user"))
+        return proposal.value
 
     @validate("extra_directives", "scheduler_extra_directives", "worker_extra_directives")
     def _validate_directives(self, proposal):
-        return [_one_line(proposal.trait.name, d) for d in proposal.value]
+        return [_directive(proposal.trait.name, d) for d in proposal.value]

@@ -1,8 +1,10 @@
 """Check a job environment before submitting: run as the user, judged by the gateway.
 
-``slurm-gateway-env-check PREFIX`` runs as the user (through the sudo rule) and prints
-one JSON line: whether the prefix can be read and what versions of python, dask,
-distributed and dask-gateway its own python reports. :func:`env_problem` turns that
+``slurm-gateway-user-helper env-check PREFIX`` runs :func:`probe` as the user (through the
+sudo rule) and prints one JSON line: whether the prefix can be read and what versions of
+python, dask, distributed and dask-gateway its own python reports. That python is the
+user's code: it runs in a session of its own, with a time limit and a cap on what it
+prints, and everything it started is killed afterwards. :func:`env_problem` turns that
 report into the one error a user sees, naming the problem and the fix.
 """
 
@@ -10,10 +12,13 @@ from __future__ import annotations
 
 import json
 import os
+import selectors
+import signal
 import subprocess
-import sys
+import time
 
 PACKAGES = ("dask", "distributed", "dask-gateway")
+_CHUNK = 65536
 
 # Run by the environment's own python, isolated (-I) from the caller's variables.
 _PROBE = """
@@ -29,8 +34,66 @@ print(json.dumps(found))
 """
 
 
-def probe(prefix: str, timeout: float = 30) -> dict:
-    """What the user's environment at ``prefix`` holds, as seen by the calling user."""
+def _has_exited(pid: int) -> bool:
+    """Whether child ``pid`` has exited, leaving it unreaped (a zombie keeps its group id)."""
+    return os.waitid(os.P_PID, pid, os.WEXITED | os.WNOHANG | os.WNOWAIT) is not None
+
+
+def _run_capped(argv: list[str], timeout: float, max_output: int) -> tuple[int, str, str, str]:
+    """Run ``argv`` in a new session; (returncode, stdout, stderr, problem).
+
+    ``problem`` is "timeout" if it did not close its output and exit within ``timeout``
+    seconds, "output" if it printed more than ``max_output`` bytes (stdout and stderr
+    together), else "". Whatever happens, its whole process group then gets SIGKILL, before
+    the program itself is reaped so that the group id cannot have been reused meanwhile.
+    """
+    deadline = time.monotonic() + timeout
+    proc = subprocess.Popen(
+        argv,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        start_new_session=True,
+    )
+    out, err = bytearray(), bytearray()
+    problem = ""
+    try:
+        with selectors.DefaultSelector() as selector:
+            selector.register(proc.stdout, selectors.EVENT_READ, out)
+            selector.register(proc.stderr, selectors.EVENT_READ, err)
+            while selector.get_map() and not problem:
+                left = deadline - time.monotonic()
+                events = selector.select(left) if left > 0 else []
+                if not events:
+                    problem = "timeout"
+                for key, _ in events:
+                    chunk = os.read(key.fd, _CHUNK)
+                    if not chunk:
+                        selector.unregister(key.fileobj)
+                    key.data.extend(chunk)
+                if len(out) + len(err) > max_output:
+                    problem = "output"
+        while not problem and not _has_exited(proc.pid):
+            if time.monotonic() >= deadline:
+                problem = "timeout"
+            time.sleep(0.01)
+    finally:
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)
+        except OSError:  # nothing left in the group
+            pass
+        proc.wait()
+        proc.stdout.close()
+        proc.stderr.close()
+    return proc.returncode, out.decode(errors="replace"), err.decode(errors="replace"), problem
+
+
+def probe(prefix: str, timeout: float = 30, max_output: int = 65536) -> dict:
+    """What the user's environment at ``prefix`` holds, as seen by the calling user.
+
+    Its python runs in a session of its own, for at most ``timeout`` seconds and
+    ``max_output`` bytes of output; then everything it started is killed.
+    """
     python = os.path.join(prefix, "bin", "python")
     try:
         os.stat(prefix)
@@ -47,14 +110,25 @@ def probe(prefix: str, timeout: float = 30) -> dict:
     if not os.access(python, os.X_OK):
         return {"error": "unreadable"}
     try:
-        out = subprocess.run(
-            [python, "-I", "-c", _PROBE, *PACKAGES], capture_output=True, text=True, timeout=timeout
+        returncode, stdout, stderr, problem = _run_capped(
+            [python, "-I", "-c", _PROBE, *PACKAGES], timeout, max_output
         )
-    except (OSError, subprocess.TimeoutExpired) as exc:
+    except OSError as exc:
         return {"error": "python-broken", "detail": str(exc)}
-    if out.returncode != 0:
-        return {"error": "python-broken", "detail": out.stderr.strip()[-500:]}
-    return json.loads(out.stdout.strip().splitlines()[-1])
+    if problem == "timeout":
+        return {"error": "timeout", "detail": f"did not answer within {timeout:g} s"}
+    if problem == "output":
+        return {"error": "python-broken", "detail": f"printed more than {max_output} bytes"}
+    if returncode != 0:
+        return {"error": "python-broken", "detail": stderr.strip()[-500:]}
+    lines = stdout.strip().splitlines()
+    try:
+        report = json.loads(lines[-1])
+    except (IndexError, ValueError):
+        report = None
+    if not isinstance(report, dict):
+        return {"error": "python-broken", "detail": f"printed no report: {stdout.strip()[-500:]!r}"}
+    return report
 
 
 def _series(version: str) -> str:
@@ -79,6 +153,11 @@ def env_problem(prefix: str, report: dict, gateway_version: str) -> str | None:
             f"give the prefix of a conda env or venv, e.g. the output of `conda info --base`"
             f" or `echo $CONDA_PREFIX` in the notebook"
         )
+    if error == "timeout":
+        return (
+            f"conda_env {prefix}: its python {report.get('detail', 'did not answer in time')}; "
+            f"check that {prefix}/bin/python starts (a slow or hung activation?)"
+        )
     if error:
         return f"conda_env {prefix}: its python does not run ({report.get('detail', error)})"
     series = _series(gateway_version)
@@ -99,11 +178,3 @@ def env_problem(prefix: str, report: dict, gateway_version: str) -> str | None:
             f"{report['distributed']}; install matching versions of both"
         )
     return None
-
-
-def main(argv: list[str] | None = None) -> None:
-    """``slurm-gateway-env-check PREFIX``: print the probe of PREFIX as one JSON line."""
-    argv = sys.argv[1:] if argv is None else argv
-    if len(argv) != 1 or not argv[0].startswith("/"):
-        sys.exit("usage: slurm-gateway-env-check /absolute/prefix")
-    print(json.dumps(probe(argv[0])))

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from dask_gateway_server.utils import format_bytes
 
@@ -15,6 +15,7 @@ class UserLimits:
     max_clusters: int = 0
     max_cores: float = 0
     max_memory: int = 0  # bytes
+    max_workers: int = 0
 
 
 def _usage(config: Mapping, workers: int) -> tuple[float, int]:
@@ -61,4 +62,19 @@ def admit(
             )
         by_memory = int(left // new_config["worker_memory"])
         most = by_memory if most is None else min(most, by_memory)
+    if limits.max_workers:
+        left = max(0, limits.max_workers - sum(count for _, count in active))
+        most = left if most is None else min(most, left)
     return most
+
+
+def workers_allowed(
+    limits: UserLimits, others: Iterable[tuple[Mapping, int]], config: Mapping
+) -> int | None:
+    """The most workers a running cluster may have now, given the user's other active
+    clusters as ``(config, worker count)`` pairs (None: no limit). Checked whenever the
+    cluster asks for workers, so that ``scale()`` and ``adapt()`` stay within the limits."""
+    try:
+        return admit(replace(limits, max_clusters=0), others, config)
+    except ValueError:
+        return 0

@@ -4,7 +4,7 @@
 may replace it with any dask-gateway ``Options``. Whatever the options, the backend
 runs :func:`check_conda_env` and :func:`filter_environment` on the resulting config,
 so no admin-defined option can smuggle an unchecked path or variable into a job.
-:func:`scale_request_problem` checks ``scale``/``adapt`` requests the same way.
+:func:`request_body_problem` checks create, ``scale`` and ``adapt`` requests the same way.
 """
 
 from __future__ import annotations
@@ -190,10 +190,15 @@ def _is_count(value) -> bool:
     return isinstance(value, int) and not isinstance(value, bool) and value >= 0
 
 
-def scale_request_problem(action: str, body) -> str | None:
-    """Why a scale/adapt request body is unacceptable, or None."""
+def request_body_problem(action: str, body) -> str | None:
+    """Why the JSON body of a create, scale or adapt request is unacceptable, or None."""
     if not isinstance(body, dict):
         return f"{action} expects a JSON object"
+    if action == "create":
+        options = body.get("cluster_options")
+        if options is not None and not isinstance(options, dict):
+            return f"cluster_options must be a JSON object of option values, got {options!r:.100}"
+        return None
     if action == "scale":
         count = body.get("count")
         return None if _is_count(count) else f"scale expects a non-negative integer, got {count!r}"

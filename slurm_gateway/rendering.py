@@ -5,12 +5,14 @@ default: every ``{{ value }}`` that is a string is passed through
 :func:`shlex.quote`, unless it is a :class:`ShellSafe` (text this module built
 itself, such as an already-joined command line). Admin templates therefore
 cannot forget to quote a user's value. ``#SBATCH`` lines are comments to the
-shell, where quoting does not protect against a newline, so values used there
-go through the ``directive`` filter, which refuses anything but one line.
+shell, read by sbatch's own parser (which treats ``\\`` as an escape even inside
+single quotes), so values used there go through the ``directive`` filter, which
+accepts only characters that parser takes literally.
 """
 
 from __future__ import annotations
 
+import re
 import shlex
 from collections.abc import Iterable, Mapping
 from pathlib import Path
@@ -43,11 +45,28 @@ def shell_join(argv: Iterable[object]) -> ShellSafe:
     return ShellSafe(" ".join(shell_quote(a) for a in argv))
 
 
+# What an #SBATCH value may hold: no space, quote, backslash, "$", "#" or control character,
+# each of which sbatch's parser of #SBATCH lines treats specially.
+_DIRECTIVE_VALUE = re.compile(r"^[A-Za-z0-9_@%:=,./+&|!*<>()\[\]^~-]*$")
+
+
+def directive_value_problem(value: str) -> str | None:
+    """Why ``value`` cannot go on an ``#SBATCH`` line as it is, or None."""
+    if _DIRECTIVE_VALUE.match(value):
+        return None
+    bad = sorted({c for c in value if not _DIRECTIVE_VALUE.match(c)})
+    return (
+        f"{value[:200]!r} contains {', '.join(map(repr, bad))}; an #SBATCH value may hold only "
+        "letters, digits and _@%:=,./+&|!*<>()[]^~-"
+    )
+
+
 def sbatch_directive(value: object) -> ShellSafe:
-    """Quote a value for an ``#SBATCH`` line, refusing anything that is not one printable line."""
+    """A value for an ``#SBATCH`` line, refusing what sbatch would not take literally."""
     text = str(value)
-    if any(ord(c) < 32 or ord(c) == 127 for c in text):
-        raise ValueError(f"an #SBATCH value must be one printable line, got {text!r}")
+    problem = directive_value_problem(text)
+    if problem:
+        raise ValueError(problem)
     return shell_quote(text)
 
 

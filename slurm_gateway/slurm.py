@@ -53,18 +53,24 @@ NOT_THE_JOBS_FAULT = frozenset({"BOOT_FAIL", "NODE_FAIL", "PREEMPTED"})
 SUBMITTED = "SUBMITTED"
 UNKNOWN = "UNKNOWN"
 
-_SQUEUE_FIELDS = (
-    "job_id",
-    "state",
-    "reason",
-    "nodes",
-    "elapsed",
-    "start_time",
-    "user",
-    "submit_time",
-    "comment",
+# The squeue poll prints only fields SLURM sets itself, each checked against the pattern of
+# what SLURM prints there. A user can put any bytes (newlines, "|") into her job's name,
+# comment, working directory or output path: none of those is printed, so no job can add
+# or alter a row (``--name`` selects by job name without printing it).
+_SQUEUE_FIELDS = {
+    "job_id": r"\d+(_\d+)?",
+    "state": r"[A-Z_]+",
+    "reason": r"[^|\x00-\x1f\x7f]*",
+    "nodes": r"[\w\[\],.-]*",
+    "elapsed": r"[\d:-]*",
+    "start_time": r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d|N/A|Unknown",
+    "user": r"[\w.-]+",
+    "submit_time": r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d|N/A|Unknown",
+}
+_SQUEUE_FORMAT = "%i|%T|%r|%N|%M|%S|%u|%V"
+_SQUEUE_ROW = re.compile(
+    "^" + r"\|".join(f"(?P<{name}>{pattern})" for name, pattern in _SQUEUE_FIELDS.items()) + "$"
 )
-_SQUEUE_FORMAT = "%i|%T|%r|%N|%M|%S|%u|%V|%k"
 _SACCT_FIELDS = ("job_id", "state", "exit_code", "nodes", "elapsed", "reason")
 _SACCT_FORMAT = "JobID,State,ExitCode,NodeList,Elapsed,Reason"
 _JOB_ID = re.compile(r"^\d+(_\d+)?$")  # a job, or one task of a job array
@@ -90,8 +96,6 @@ class JobInfo:
     running_since: float | None = None
     user: str = ""
     submit_time: str = ""
-    #: The job's ``--comment``: the gateway's marker, cluster and role.
-    comment: str = ""
 
     @property
     def is_terminal(self) -> bool:
@@ -183,15 +187,14 @@ def squeue_command(job_names: list[str], squeue: str = "squeue") -> list[str]:
 
 
 def parse_squeue(stdout: str) -> dict[str, JobInfo]:
-    """Parse :func:`squeue_command` output into ``{job_id: JobInfo}``."""
+    """Parse :func:`squeue_command` output into ``{job_id: JobInfo}``; a line that is not
+    exactly a row of SLURM-set fields is ignored."""
     jobs = {}
     for line in stdout.splitlines():
-        parts = line.split("|", len(_SQUEUE_FIELDS) - 1)
-        if len(parts) != len(_SQUEUE_FIELDS):
+        match = _SQUEUE_ROW.match(line.strip())
+        if match is None:
             continue
-        row = dict(zip(_SQUEUE_FIELDS, (p.strip() for p in parts), strict=True))
-        if not _JOB_ID.match(row["job_id"]):
-            continue
+        row = match.groupdict()
         jobs[row["job_id"]] = JobInfo(
             job_id=row["job_id"],
             state=row["state"],
@@ -201,9 +204,28 @@ def parse_squeue(stdout: str) -> dict[str, JobInfo]:
             start_time="" if row["start_time"] in ("N/A", "Unknown") else row["start_time"],
             user=row["user"],
             submit_time=row["submit_time"],
-            comment="" if row["comment"] == "(null)" else row["comment"],
         )
     return jobs
+
+
+def job_marker_command(job_id: str, job_names: list[str], squeue: str = "squeue") -> list[str]:
+    """Owner and ``--comment`` of one job, if it carries one of our job names."""
+    return [
+        squeue,
+        "--noheader",
+        "--array",
+        "--states=all",
+        "--jobs=" + job_id,
+        "--name=" + ",".join(job_names),
+        "--format=%i|%u|%k",
+    ]
+
+
+def confirms_marker(stdout: str, job_id: str, user: str, marker: str) -> bool:
+    """True if :func:`job_marker_command` says that ``job_id`` is ``user``'s and that its
+    comment is exactly ``marker``. The whole output must be that one line: a comment with
+    a newline or anything else added can only make this False."""
+    return stdout.rstrip("\n") == f"{job_id}|{user}|{marker}"
 
 
 def sacct_command(job_ids: list[str], sacct: str = "sacct") -> list[str]:

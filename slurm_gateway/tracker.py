@@ -43,7 +43,7 @@ class JobTracker:
         log: logging.Logger | None = None,
     ):
         self._run = run
-        self._job_names = job_names
+        self.job_names = job_names
         self._squeue = squeue
         self._sacct = sacct
         self._log = log or logging.getLogger(__name__)
@@ -89,7 +89,7 @@ class JobTracker:
         open_ids = [j for j, info in self._jobs.items() if not info.accounted]
         if not open_ids and not force:
             return
-        result = await self._run(squeue_command(self._job_names, self._squeue))
+        result = await self._run(squeue_command(self.job_names, self._squeue))
         if not result.ok:
             if self.slurm_available:
                 self._log.warning(

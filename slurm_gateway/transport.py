@@ -3,45 +3,98 @@
 This is the one seam between the backend and the machine: the backend only ever
 calls :meth:`CommandRunner.run`. :class:`LocalSudoRunner` runs commands on this
 host, switching to the user with ``sudo -n -u USER``; an SSH runner for gateways
-that live off the login node implements the same method.
+that live off the login node implements :meth:`CommandRunner.execute` the same way.
+
+Users control what the commands run as them print and how long they take, so every
+command is bounded: at most ``max_output`` bytes of each output stream are kept, at most
+``timeout`` seconds are waited for, and at most ``max_concurrent`` commands run at once
+for the whole gateway, whatever the number of requests.
 """
 
 from __future__ import annotations
 
 import asyncio
 import os
-import pwd
+import signal
+import weakref
 from dataclasses import dataclass
 
-from traitlets import Float, List, Unicode
+from traitlets import Float, Integer, List, Unicode
 from traitlets.config import LoggingConfigurable
+
+from .identity import POSIX_NAME
+
+# Seconds a stopped command has to exit after SIGTERM before its process group gets SIGKILL,
+# then to be reaped after SIGKILL, before run() gives up on it.
+TERM_GRACE = 2.0
+KILL_WAIT = 2.0
 
 
 @dataclass(frozen=True)
 class CommandResult:
     argv: list[str]  # the command as asked for, without the sudo prefix
-    returncode: int
+    returncode: int  # -1 when the command could not start or was stopped by the gateway
     stdout: str
     stderr: str
+    truncated: bool = False  # an output stream passed the runner's max_output and was cut there
+    stopped: str = ""  # why the gateway stopped the command ("timed out after 60 s"), or ""
 
     @property
     def ok(self) -> bool:
-        return self.returncode == 0
+        """Whether the command ran to its end, exited 0 and its output is whole."""
+        return self.returncode == 0 and not self.truncated and not self.stopped
 
     def summary(self) -> str:
-        """``sbatch exited 1: sbatch: error: ...`` for messages and logs."""
-        detail = (self.stderr.strip() or self.stdout.strip()).replace("\n", " | ")
-        return f"{os.path.basename(self.argv[0])} exited {self.returncode}: {detail[:2000]}"
+        """``sbatch exited 1: sbatch: error: ...`` for messages and logs (at most ~2100 chars)."""
+        detail = (self.stderr.strip() or self.stdout.strip()).replace("\n", " | ")[:2000]
+        name = os.path.basename(self.argv[0])
+        if self.stopped:
+            return f"{name} {self.stopped}; the command was stopped: {detail}"
+        return f"{name} exited {self.returncode}: {detail}"
 
 
 class CommandRunner(LoggingConfigurable):
-    """Runs a command, optionally as another user. Subclass to change the transport."""
+    """Runs a command, optionally as another user. Subclass to change the transport.
+
+    Callers use :meth:`run`; a transport implements :meth:`execute`, and must honour
+    ``timeout`` and ``max_output`` there.
+    """
 
     timeout = Float(
         60,
-        help="Seconds before a SLURM command is killed and reported as failed (exit code -1).",
+        help="""Seconds before a SLURM command is stopped and reported as failed (exit code -1).
+
+        Counted from the start of the command, not from the wait for a free slot
+        (max_concurrent).""",
         config=True,
     )
+
+    max_output = Integer(
+        8 * 2**20,
+        min=1024,
+        help="""Bytes kept of each output stream (stdout, stderr) of a command.
+
+        A command printing more is stopped and reported as failed, its output cut here:
+        users control what commands run as them print, and it is read into the
+        gateway's memory.""",
+        config=True,
+    )
+
+    max_concurrent = Integer(
+        32,
+        min=1,
+        help="""Commands running at once, for the whole gateway, all users together.
+
+        Further commands wait for a free slot. Bounds the gateway's open files and sudo
+        processes however many requests arrive.""",
+        config=True,
+    )
+
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        # One semaphore per event loop: an asyncio.Semaphore belongs to the loop it is used on.
+        self._slots: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, asyncio.Semaphore]
+        self._slots = weakref.WeakKeyDictionary()
 
     async def run(
         self, argv: list[str], *, user: str | None = None, stdin: bytes | None = None
@@ -49,7 +102,22 @@ class CommandRunner(LoggingConfigurable):
         """Run ``argv`` (as ``user`` if given) and return its exit code and output.
 
         Never raises for a failing command: callers decide what a non-zero exit means.
+        Raises ValueError if ``user`` is not a plain POSIX user name: callers check the
+        user with :func:`slurm_gateway.identity.user_problem` before running anything.
         """
+        if user is not None and not (isinstance(user, str) and POSIX_NAME.match(user)):
+            raise ValueError(f"refusing to run a command as {user!r}: not a POSIX user name")
+        loop = asyncio.get_running_loop()
+        slots = self._slots.get(loop)
+        if slots is None:
+            slots = self._slots[loop] = asyncio.Semaphore(self.max_concurrent)
+        async with slots:
+            return await self.execute(argv, user=user, stdin=stdin)
+
+    async def execute(
+        self, argv: list[str], *, user: str | None, stdin: bytes | None
+    ) -> CommandResult:
+        """The transport: run one command, ``user`` already checked and a slot held."""
         raise NotImplementedError
 
 
@@ -71,32 +139,117 @@ class LocalSudoRunner(CommandRunner):
         config=True,
     )
 
-    async def run(self, argv, *, user=None, stdin=None):
-        full_argv = argv
-        if user is not None and user != _current_user():
-            full_argv = [self.sudo, "-n", "-u", user, "--", *argv]
+    async def execute(
+        self, argv: list[str], *, user: str | None, stdin: bytes | None
+    ) -> CommandResult:
+        """Run ``argv`` here, through sudo whenever a user is given (even the gateway's own)."""
+        full_argv = argv if user is None else [self.sudo, "-n", "-u", user, "--", *argv]
         env = dict(item.split("=", 1) for item in self.environment)
+        loop = asyncio.get_running_loop()
         try:
-            proc = await asyncio.create_subprocess_exec(
+            transport, capture = await loop.subprocess_exec(
+                lambda: _Capture(self.max_output, loop),
                 *full_argv,
                 stdin=asyncio.subprocess.PIPE if stdin is not None else asyncio.subprocess.DEVNULL,
                 stdout=asyncio.subprocess.PIPE,
                 stderr=asyncio.subprocess.PIPE,
                 env=env,
                 cwd="/",
+                # Its own process group, so that stopping it reaches what it started too.
+                start_new_session=True,
             )
         except OSError as exc:
             return CommandResult(argv, -1, "", f"could not run {full_argv[0]}: {exc}")
         try:
-            out, err = await asyncio.wait_for(proc.communicate(stdin), self.timeout)
-        except TimeoutError:
-            proc.kill()
-            await proc.wait()
-            return CommandResult(argv, -1, "", f"timed out after {self.timeout:g} s")
+            if stdin is not None:
+                pipe = transport.get_pipe_transport(0)
+                pipe.write(stdin)
+                pipe.close()
+            await asyncio.wait(
+                [capture.finished, capture.overflowed],
+                timeout=self.timeout,
+                return_when=asyncio.FIRST_COMPLETED,
+            )
+            if capture.truncated:
+                stopped = f"output cut at {self.max_output} bytes"
+            elif not capture.finished.done():
+                stopped = f"timed out after {self.timeout:g} s"
+            else:
+                stopped = ""
+            if stopped:
+                await self._stop(transport.get_pid(), capture.exited, full_argv[0])
+        finally:
+            if not capture.exited.done():  # run() was cancelled, or _stop gave up on it
+                _signal_group(transport.get_pid(), signal.SIGKILL)
+            try:
+                # Closes the pipes even if a grandchild still holds them open.
+                transport.close()
+            except PermissionError:  # a process the gateway may not signal; logged by _stop
+                pass
         return CommandResult(
-            argv, proc.returncode, out.decode("utf-8", "replace"), err.decode("utf-8", "replace")
+            argv,
+            -1 if stopped else transport.get_returncode(),
+            capture.output[1].decode("utf-8", "replace"),
+            capture.output[2].decode("utf-8", "replace"),
+            truncated=capture.truncated,
+            stopped=stopped,
         )
 
+    async def _stop(self, pgid: int, exited: asyncio.Future, program: str) -> None:
+        """SIGTERM the command's process group, SIGKILL it after a grace, wait a bounded time.
 
-def _current_user() -> str:
-    return pwd.getpwuid(os.getuid()).pw_name
+        Through sudo, only the sudo process is the service account's to signal; sudo relays
+        SIGTERM to the command it runs.
+        """
+        _signal_group(pgid, signal.SIGTERM)
+        await asyncio.wait([exited], timeout=TERM_GRACE)
+        _signal_group(pgid, signal.SIGKILL)
+        await asyncio.wait([exited], timeout=KILL_WAIT)
+        if not exited.done():
+            self.log.warning("%s (pid %d) did not exit after SIGKILL; left behind", program, pgid)
+
+
+def _signal_group(pgid: int, signum: int) -> None:
+    try:
+        os.killpg(pgid, signum)
+    except (ProcessLookupError, PermissionError):
+        pass  # the group is gone, or nothing left in it is the service account's to signal
+
+
+class _Capture(asyncio.SubprocessProtocol):
+    """Keeps at most ``limit`` bytes of stdout and stderr; stops reading a stream past that."""
+
+    def __init__(self, limit: int, loop: asyncio.AbstractEventLoop):
+        self.limit = limit
+        self.output = {1: bytearray(), 2: bytearray()}
+        self.truncated = False
+        self.exited = loop.create_future()  # the process exited
+        self.finished = loop.create_future()  # ... and its output pipes are closed
+        self.overflowed = loop.create_future()  # a stream passed the limit
+        self.transport: asyncio.SubprocessTransport | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport
+
+    def pipe_data_received(self, fd: int, data: bytes) -> None:
+        kept = self.output[fd]
+        room = self.limit - len(kept)
+        if len(data) <= room:
+            kept += data
+            return
+        kept += data[:room]
+        self.truncated = True
+        # Nothing more is read from this stream: the command blocks writing until it is stopped.
+        self.transport.get_pipe_transport(fd).pause_reading()
+        _resolve(self.overflowed)
+
+    def process_exited(self) -> None:
+        _resolve(self.exited)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        _resolve(self.finished)
+
+
+def _resolve(future: asyncio.Future) -> None:
+    if not future.done():
+        future.set_result(None)

@@ -21,6 +21,7 @@ from pathlib import Path
 
 import pytest
 
+REPO = Path(__file__).resolve().parents[2]
 PREFIX = Path("/opt/slurm-gateway")
 PYTHON = str(PREFIX / "venv" / "bin" / "python")
 GATEWAY = str(PREFIX / "venv" / "bin" / "slurm-gateway")
@@ -54,6 +55,36 @@ def submitted_since(user: str, since: str) -> list[str]:
     assert out.returncode == 0, out.stderr
     rows = [line.split("|") for line in out.stdout.splitlines() if line]
     return [job_id for job_id, submitted in rows if submitted >= since]
+
+
+def jobs_of(cluster_name: str, role: str, user: str = "alice") -> list[str]:
+    """Ids of a cluster's active scheduler or worker jobs. Nothing SLURM shows names the
+    cluster, so root finds them through each job's working directory (the cluster's log
+    directory), whose CLUSTER file holds the name."""
+    out = run(["squeue", "--noheader", "--array", f"--user={user}", "--format=%i|%j|%Z"])
+    found = []
+    for line in out.stdout.splitlines():
+        job_id, name, directory = line.split("|", 2)
+        if name == f"dask-gateway-{role}":
+            try:
+                owner = (Path(directory) / "CLUSTER").read_text().strip()
+            except OSError:
+                continue
+            if owner == cluster_name:
+                found.append(job_id)
+    return found
+
+
+def stop_slurm_daemon(name: str):
+    """Stop one daemon of the dev cluster (slurmctld, slurmdbd) started by dev-cluster.sh."""
+    pid = int(open(f"/run/slurm-gateway-dev/{name}.pid").read())
+    os.kill(pid, signal.SIGTERM)
+    assert wait_until(lambda: not os.path.exists(f"/proc/{pid}"), 30)
+
+
+def start_slurm_daemons():
+    out = run(["bash", str(REPO / "scripts" / "dev-cluster.sh"), "up"])
+    assert out.returncode == 0, out.stderr[-2000:]
 
 
 def wait_until(predicate, timeout: float, interval: float = 0.5):
@@ -95,6 +126,7 @@ class Gateway:
             c.SlurmBackend.listen_host = "127.0.0.1"
             c.SlurmBackend.slurm_poll_period = 1
             c.SlurmBackend.cluster_start_timeout = {START_TIMEOUT}
+            c.SlurmBackend.allowed_group = "dask-users"
             c.SlurmClusterConfig.scheduler_partition = "schedulers"
             c.SlurmClusterConfig.partition = "workers"
             c.SlurmClusterConfig.scheduler_memory = "1 G"
@@ -142,6 +174,12 @@ class Gateway:
         """Stop the gateway and its external proxy."""
         _stop(self.proc, signal.SIGTERM)
         _stop(self.proxy_proc, signal.SIGTERM)
+
+    def rss(self) -> int:
+        """The gateway process's resident memory, in bytes."""
+        status = Path(f"/proc/{self.proc.pid}/status").read_text()
+        return int(next(line for line in status.splitlines() if line.startswith("VmRSS:"))
+                   .split()[1]) * 1024  # fmt: skip
 
     def log_tail(self, n: int = 60) -> str:
         return "\n".join(self.log.read_text(errors="replace").splitlines()[-n:])
@@ -299,6 +337,30 @@ def error_of(call, *args, **kwargs):
 """
 
 
+DEPOT = Path("/depot")
+
+
+def depot(user: str, *parts: str) -> Path:
+    """``/depot/USER[/PARTS...]``: the user's own directories on the shared storage (/depot),
+    like Purdue's, made by whichever test needs them first.
+
+    Idempotent, and repairs what an earlier run left: /depot is root's (0755), and
+    /depot/USER and each of PARTS are owned by the user (0755), so that the user can create
+    environments there even if root made the directory first.
+    """
+    DEPOT.mkdir(mode=0o755, exist_ok=True)
+    os.chown(DEPOT, 0, 0)
+    DEPOT.chmod(0o755)
+    account = pwd.getpwnam(user)
+    path = DEPOT
+    for name in (user, *parts):
+        path = path / name
+        path.mkdir(mode=0o755, exist_ok=True)
+        os.chown(path, account.pw_uid, account.pw_gid)
+        path.chmod(0o755)
+    return path
+
+
 @pytest.fixture(scope="session")
 def alice_env():
     """A conda-style prefix of alice's own on shared storage (/depot), like Purdue's.
@@ -306,11 +368,9 @@ def alice_env():
     It is a venv (own python, sys.prefix is the prefix) with conda-meta/ and an activate.d
     script, and reuses the default environment's packages through a .pth file.
     """
-    prefix = Path("/depot/alice/envs/analysis")
+    prefix = depot("alice", "envs") / "analysis"
     if not (prefix / "bin" / "python").exists():
-        Path("/depot/alice").mkdir(parents=True, exist_ok=True)
-        shutil.chown("/depot/alice", "alice", "alice")
-        os.chmod("/depot/alice", 0o755)
+        shutil.rmtree(prefix, ignore_errors=True)  # half made by an interrupted run
         out = run(
             [
                 RUNUSER,

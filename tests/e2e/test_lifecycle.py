@@ -8,7 +8,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import RUNUSER, run, user_jobs, wait_until
+from conftest import RUNUSER, depot, run, user_jobs, wait_until
 
 FAKE_DIST = "Metadata-Version: 2.1\nName: {name}\nVersion: {version}\n"
 
@@ -30,8 +30,7 @@ def _fake_env(path: Path, packages: dict[str, str]):
 
 @pytest.fixture(scope="module")
 def bad_envs():
-    base = Path("/depot/alice/envs")
-    base.mkdir(parents=True, exist_ok=True)
+    base = depot("alice", "envs")
     (base / "empty").mkdir(exist_ok=True)
     shutil.chown(base / "empty", "alice")
     _fake_env(base / "no-gateway", {"dask": "2026.8.0", "distributed": "2026.8.0"})
@@ -39,16 +38,14 @@ def bad_envs():
         base / "old-gateway",
         {"dask": "2026.8.0", "distributed": "2026.8.0", "dask-gateway": "2024.1.0"},
     )
-    private = Path("/depot/bob-private")
-    private.mkdir(exist_ok=True)
-    shutil.chown(private, "bob")
+    private = depot("bob", "private")  # bob's own, closed to others
     private.chmod(0o700)
     return {
-        "missing": ("/depot/alice/envs/does-not-exist", "does not exist"),
+        "missing": (str(base / "does-not-exist"), "does not exist"),
         "not a python env": (str(base / "empty"), "not a python environment"),
         "dask-gateway missing": (str(base / "no-gateway"), "lacks dask-gateway"),
         "incompatible": (str(base / "old-gateway"), "does not match this gateway"),
-        "unreadable": ("/depot/bob-private/env", "not readable by you"),
+        "unreadable": (str(private / "env"), "not readable by you"),
     }
 
 

@@ -1,18 +1,16 @@
 """Nothing lost: orphans cancelled, SLURM outages ridden out, per-user limits held (issue 5)."""
 
-import os
-import signal
 import time
 from pathlib import Path
 
-from conftest import RUNUSER, run, user_jobs, wait_until
+from conftest import RUNUSER, run, start_slurm_daemons, stop_slurm_daemon, user_jobs, wait_until
 
 REPO = Path(__file__).resolve().parents[2]
 
 
 def test_untracked_job_with_the_gateways_marker_is_cancelled(make_gateway):
     gw = make_gateway("c.SlurmBackend.orphan_check_period = 2\nc.SlurmBackend.orphan_min_age = 0\n")
-    marker = f"dask-gateway@{gw.workdir / 'state'}:gone-cluster:worker"
+    marker = f"dask-gateway@{gw.workdir / 'state'}"
 
     def sleeper(*options: str):
         out = run(
@@ -51,17 +49,6 @@ def test_untracked_job_with_the_gateways_marker_is_cancelled(make_gateway):
         run(["scancel", job_id, other_id])
 
 
-def _stop_daemon(name: str):
-    pid = int(open(f"/run/slurm-gateway-dev/{name}.pid").read())
-    os.kill(pid, signal.SIGTERM)
-    assert wait_until(lambda: not os.path.exists(f"/proc/{pid}"), 30)
-
-
-def _start_daemons():
-    out = run(["bash", str(REPO / "scripts" / "dev-cluster.sh"), "up"])
-    assert out.returncode == 0, out.stderr[-2000:]
-
-
 def test_slurmctld_down_for_60_s_fails_no_cluster(as_user, make_gateway):
     gw = make_gateway("")
     made = as_user(
@@ -74,7 +61,7 @@ def test_slurmctld_down_for_60_s_fails_no_cluster(as_user, make_gateway):
         cluster = gateway.connect({made["name"]!r})
         client = cluster.get_client()
     """
-    _stop_daemon("slurmctld")
+    stop_slurm_daemon("slurmctld")
     try:
         during = as_user(
             "alice",
@@ -88,7 +75,7 @@ def test_slurmctld_down_for_60_s_fails_no_cluster(as_user, make_gateway):
         )
         time.sleep(60 - 5)
     finally:
-        _start_daemons()
+        start_slurm_daemons()
     after = as_user(
         "alice",
         connect
@@ -109,7 +96,7 @@ def test_slurmctld_down_for_60_s_fails_no_cluster(as_user, make_gateway):
 
 def test_slurmdbd_down_fails_no_cluster_and_failures_keep_their_facts(as_user, make_gateway):
     gw = make_gateway("")
-    _stop_daemon("slurmdbd")
+    stop_slurm_daemon("slurmdbd")
     try:
         assert run(["sacct", "--noheader", "-X"]).returncode != 0  # accounting is really down
         made = as_user("alice", "report(doomed=running_cluster(1))", via=gw)
@@ -143,7 +130,7 @@ def test_slurmdbd_down_fails_no_cluster_and_failures_keep_their_facts(as_user, m
             via=gw,
         )
     finally:
-        _start_daemons()
+        start_slurm_daemons()
     assert during["total"] == sum(range(1, 41))
     assert during["workers"] == 1
     # Without accounting the facts come from squeue (finished jobs stay there MinJobAge).

@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import run, user_jobs, wait_until
+from conftest import jobs_of, run, user_jobs, wait_until
 
 
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGKILL], ids=["SIGTERM", "SIGKILL"])
@@ -81,8 +81,8 @@ def test_jobs_that_ended_while_the_gateway_was_down_are_reconciled(as_user, make
     )
     gw.stop(sig=signal.SIGKILL)
     # While the gateway is down: the scheduler of one cluster and a worker of the other end.
-    doomed_scheduler = _jobs_of(made["doomed"], "scheduler")[0]
-    healed_worker = _jobs_of(made["healed"], "worker")[0]
+    doomed_scheduler = jobs_of(made["doomed"], "scheduler")[0]
+    healed_worker = jobs_of(made["healed"], "worker")[0]
     assert run(["scancel", doomed_scheduler, healed_worker]).returncode == 0
     gw.start()
     # Reconciled before the API served anyone, or at the latest in the first polls.
@@ -105,13 +105,3 @@ def test_jobs_that_ended_while_the_gateway_was_down_are_reconciled(as_user, make
     assert f"scheduler job {doomed_scheduler} CANCELLED" in after["doomed"], after["doomed"]
     assert after["total"] == sum(range(0, 40, 2))
     assert wait_until(lambda: not user_jobs("alice"), 30)
-
-
-def _jobs_of(cluster_name: str, role: str) -> list[str]:
-    """Job ids of a cluster's scheduler or workers, found by the marker in their --comment."""
-    out = run(["squeue", "--noheader", "--user=alice", "--format=%i %k"])
-    return [
-        line.split(" ", 1)[0]
-        for line in out.stdout.splitlines()
-        if line.endswith(f":{cluster_name}:{role}")
-    ]

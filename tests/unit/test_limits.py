@@ -2,7 +2,7 @@
 
 import pytest
 
-from slurm_gateway.limits import UserLimits, admit
+from slurm_gateway.limits import UserLimits, admit, workers_allowed
 
 GiB = 2**30
 CONFIG = {
@@ -36,3 +36,17 @@ def test_no_room_for_even_a_scheduler_is_refused():
         admit(UserLimits(max_cores=7), [(CONFIG, 3)], CONFIG)
     with pytest.raises(ValueError, match="limit per user is 13"):
         admit(UserLimits(max_memory=13 * GiB), [(CONFIG, 3)], CONFIG)
+
+
+def test_workers_per_user_are_shared_by_the_users_clusters():
+    limits = UserLimits(max_workers=10)
+    assert admit(limits, [(CONFIG, 4), (CONFIG, 3)], CONFIG) == 3
+    assert admit(limits, [(CONFIG, 12)], CONFIG) == 0
+
+
+def test_a_running_cluster_gets_what_the_others_leave():
+    limits = UserLimits(max_clusters=1, max_cores=16, max_workers=100)
+    # the cluster limit does not apply to a cluster that exists; cores: 16 - 7 - 1 = 8 -> 4
+    assert workers_allowed(limits, [(CONFIG, 3)], CONFIG) == 4
+    assert workers_allowed(UserLimits(max_cores=7), [(CONFIG, 3)], CONFIG) == 0
+    assert workers_allowed(UserLimits(), [(CONFIG, 3)], CONFIG) is None

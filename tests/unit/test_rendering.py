@@ -144,9 +144,23 @@ def test_directives_rendered_and_newlines_refused(tmp_path, fake_env):
     assert "#SBATCH --gres=gpu:1\n" in script
     assert "#SBATCH --exclusive\n" in script
     assert "#SBATCH --account" not in script
-    bad = _context(tmp_path, {}, fake_env, partition="workers\ntouch /tmp/x")
-    with pytest.raises(ValueError, match="one printable line"):
-        render_job_script(template_environment(), "worker.sh.j2", bad)
+    for value in ["workers\ntouch /tmp/x", "a\\' --uid=0", "a b", "'x'", "$(id)", "a#b"]:
+        bad = _context(tmp_path, {}, fake_env, partition=value)
+        with pytest.raises(ValueError, match="an #SBATCH value may hold only"):
+            render_job_script(template_environment(), "worker.sh.j2", bad)
+
+
+def test_admin_directives_sbatch_would_not_take_literally_are_refused_at_startup():
+    from slurm_gateway.config import SlurmClusterConfig
+
+    assert SlurmClusterConfig(constraint="a&b|c", gres="gpu:a100:1").constraint == "a&b|c"
+    for trait, value in [
+        ("extra_directives", ["--comment=a\\' --mem=1"]),
+        ("qos", "normal --uid=0"),
+        ("log_directory", "/var/log/gw/{username} x"),
+    ]:
+        with pytest.raises(Exception, match=f"{trait}: .*an #SBATCH value may hold only"):
+            SlurmClusterConfig(**{trait: value})
 
 
 def test_admin_template_directory_overrides_builtin(tmp_path, fake_env):

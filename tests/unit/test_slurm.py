@@ -2,8 +2,10 @@
 
 from slurm_gateway.slurm import (
     JobInfo,
+    confirms_marker,
     describe_job,
     format_walltime,
+    job_marker_command,
     parse_max_array_size,
     parse_sacct,
     parse_sbatch_job_ids,
@@ -14,8 +16,8 @@ from slurm_gateway.slurm import (
     walltime_seconds,
 )
 
-# user, submit time and comment columns of an squeue line
-TAIL = "|alice|2026-11-22T11:00:00|dask-gateway:c0:worker\n"
+# user and submit time columns of an squeue line
+TAIL = "|alice|2026-11-22T11:00:00\n"
 
 
 def test_sbatch_job_id_with_and_without_cluster_name():
@@ -57,7 +59,38 @@ def test_squeue_pending_reason_running_node_and_finished_states():
     assert jobs["102"].reason == "" and jobs["102"].nodes == "n1" and jobs["102"].is_active
     assert jobs["103"].is_terminal and not jobs["103"].is_active
     assert jobs["104"].reason.startswith("Nodes required") and jobs["104"].start_time == ""
-    assert jobs["102"].user == "alice" and jobs["102"].comment == "dask-gateway:c0:worker"
+    assert jobs["102"].user == "alice"
+
+
+def test_squeue_prints_no_field_a_user_can_set():
+    # Job name, comment, working directory and output path (%j %k %Z %o) hold a user's bytes.
+    argv = squeue_command(["dg-worker"])
+    fields = next(a for a in argv if a.startswith("--format=")).split("=", 1)[1]
+    assert not {"%j", "%k", "%Z", "%o", "%e", "%O"} & set(fields.split("|"))
+
+
+def test_squeue_row_is_either_exact_or_ignored():
+    good = "102|RUNNING|None|n1|0:05|2026-11-22T11:00:00" + TAIL
+    forged = [
+        "103|FAILED|None|n1|0:05|2026-11-22T11:00:00|alice|2026-11-22T11:00:00|extra\n",
+        "104|RUNNING|None|n1|0:05|2026-11-22T11:00:00|alice\n",
+        "x105|RUNNING|None|n1|0:05|2026-11-22T11:00:00" + TAIL,
+        "106|running|None|n1|0:05|2026-11-22T11:00:00" + TAIL,
+    ]
+    assert set(parse_squeue(good + "".join(forged))) == {"102"}
+
+
+def test_marker_confirmed_only_by_the_exact_single_line():
+    marker = "dask-gateway@/var/lib/slurm-gateway"
+    assert confirms_marker(f"42|alice|{marker}\n", "42", "alice", marker)
+    assert not confirms_marker(f"42|alice|{marker}x\n", "42", "alice", marker)
+    assert not confirms_marker(f"42|bob|{marker}\n", "42", "alice", marker)
+    # bob's comment "x\n42|alice|<marker>" on his own job 43, or a second line of any kind
+    assert not confirms_marker(f"43|bob|x\n42|alice|{marker}\n", "42", "alice", marker)
+    assert not confirms_marker(f"42|alice|{marker}\n42|alice|{marker}\n", "42", "alice", marker)
+    assert not confirms_marker("", "42", "alice", marker)
+    argv = job_marker_command("42_3", ["dg-scheduler", "dg-worker"], "/usr/bin/squeue")
+    assert "--jobs=42_3" in argv and "--name=dg-scheduler,dg-worker" in argv
 
 
 def test_sacct_final_states_exit_codes_and_cancelling_user():

@@ -6,8 +6,8 @@ import asyncio
 from slurm_gateway.tracker import JobTracker
 from slurm_gateway.transport import CommandResult
 
-# user, submit time and comment columns of an squeue line
-TAIL = "|alice|2026-11-22T11:00:00|dask-gateway:c0:worker\n"
+# user and submit time columns of an squeue line
+TAIL = "|alice|2026-11-22T11:00:00\n"
 
 
 class FakeSlurm:
