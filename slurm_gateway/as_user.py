@@ -11,13 +11,26 @@ see command lines in ``ps``): the cluster name travels on standard input.
 from __future__ import annotations
 
 import json
+import re
 
 from .envcheck import env_problem
 from .transport import CommandResult, CommandRunner
 
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]+")
+
+
+def one_line(text: str) -> str:
+    """``text`` without control characters: what a user's files or programs print may end
+    up in an HTTP reason and the gateway's log, where a newline would forge a line."""
+    return _CONTROL.sub(" ", text)
+
 
 class UserError(Exception):
-    """Something about the user's own files or environment; the message says what to fix."""
+    """Something about the user's own files or environment; the message says what to fix
+    (made one line: it may quote what the user's files or programs hold)."""
+
+    def __init__(self, message: str):
+        super().__init__(one_line(message))
 
 
 class AsUser:

@@ -23,7 +23,7 @@ from dask_gateway_server.traitlets import MemoryLimit, Type
 from dask_gateway_server.utils import timestamp
 from traitlets import Bool, Float, Integer, List, Unicode, default
 
-from .as_user import AsUser, UserError
+from .as_user import AsUser, UserError, one_line
 from .batching import Coalescer
 from .identity import UserPolicy, user_problem
 from .limits import UserLimits, admit, workers_allowed
@@ -530,7 +530,7 @@ class SlurmBackend(DBBackendBase):
         is usable: a bad request fails here in seconds, before anything is submitted."""
         problem = self._user_directory_problem(username, config.log_directory)
         if problem:
-            raise PublicException(f"log directory: {problem}")
+            raise PublicException(one_line(f"log directory: {problem}"))
         if self.check_environments:
             try:
                 await self.as_user.check_environment(
@@ -556,7 +556,12 @@ class SlurmBackend(DBBackendBase):
         # heartbeat carries the number of workers it wants (scale, adapt). Cap it to what
         # the user's limits leave beside her other clusters, then let the stock code act.
         cluster = self.db.get_cluster(cluster_name)
-        if cluster is not None and isinstance(msg.get("count"), int):
+        if cluster is not None:
+            count = msg.get("count")
+            if not isinstance(count, int) or isinstance(count, bool) or count < 0:
+                # Sent by the user's own scheduler: anything but a count changes nothing.
+                self.log.warning("Cluster %s sent a bad worker count %.100r", cluster_name, count)
+                msg = {**msg, "count": cluster.count}
             others = [
                 (c.config, c.count)
                 for c in self.db.list_clusters(username=cluster.username)
@@ -647,7 +652,10 @@ class SlurmBackend(DBBackendBase):
                 user,
                 " ".join(job_ids),
             )
-            await self._cancel(user, job_ids)
+            try:
+                await self._cancel(user, job_ids)
+            except SlurmError as exc:
+                self.log.warning("Could not cancel orphan jobs of user %s: %s", user, exc)
 
     async def _is_ours(self, job_id: str, user: str) -> bool:
         if user_problem(user, self.user_policy, service_uid=os.getuid()):
@@ -875,8 +883,6 @@ class SlurmBackend(DBBackendBase):
         except Exception as exc:
             self._record_worker_failure(cluster, f"{len(workers)} worker(s) not submitted: {exc}")
             raise
-        for worker, job_id in zip(workers, job_ids, strict=True):
-            self._track(job_id, cluster, worker)
         self.log.info(
             "Cluster %s: %d worker(s) submitted as job %s",
             cluster.name,
@@ -887,7 +893,11 @@ class SlurmBackend(DBBackendBase):
 
     async def _submit_many(self, cluster, workers: list) -> list[str]:
         script = self._render(cluster, "worker", workers, cluster.state["log_directory"])
-        return await self._sbatch(cluster, script, len(workers))
+        job_ids = await self._sbatch(cluster, script, len(workers))
+        # Tracked at once, so that the orphan check never takes them for strays.
+        for worker, job_id in zip(workers, job_ids, strict=True):
+            self._track(job_id, cluster, worker)
+        return job_ids
 
     def _cancel_unclaimed(self, cluster_name: str, job_id: str):
         # The worker's start was abandoned (timed out) while its job was being submitted.
@@ -946,9 +956,8 @@ class SlurmBackend(DBBackendBase):
         job = {
             "name": f"{self.job_name_prefix}-{role}",
             "comment": self.job_marker,
-            "log_file": f"{log_directory}/{role}-{'%A_%a' if len(workers) > 1 else '%j'}.log",
+            "log_directory": log_directory,
             "array": f"0-{len(workers) - 1}" if len(workers) > 1 else "",
-            "chdir": log_directory,
             "cpus": cpus,
             "memory": f"{math.ceil(memory / 2**20)}M",
             "walltime": walltime,
@@ -1123,7 +1132,7 @@ async def _request_body_middleware(request, handler):
         if action:
             try:
                 body = await request.json()
-            except ValueError:
+            except (ValueError, RecursionError):
                 body = None
             problem = request_body_problem(action, body)
             if problem:

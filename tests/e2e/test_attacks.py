@@ -110,11 +110,11 @@ def test_log_directory_swapped_under_a_running_cluster_gets_no_job_submitted(
 ):
     made = as_user("bob", NEW_CLUSTER)
     name = made["name"]
+    trap = Path(tempfile.mkdtemp(prefix="slurm-gateway-trap-"))
     try:
         # bob's log directory goes (an admin's cleanup), and alice plants her own in its
         # place, holding code for every directory a job of bob's could start in.
         shutil.rmtree(LOG_ROOT / "bob")
-        trap = Path(tempfile.mkdtemp(prefix="slurm-gateway-trap-"))
         for directory in (trap / name, trap):
             planted_package(directory, marker_dir)
             directory.chmod(0o777)  # bob's job can write its log there
@@ -134,6 +134,7 @@ def test_log_directory_swapped_under_a_running_cluster_gets_no_job_submitted(
         assert not list(marker_dir.iterdir()), "code planted by alice ran"
     finally:
         as_user("bob", f"Gateway().stop_cluster({name!r}); report()")
+        shutil.rmtree(trap, ignore_errors=True)
 
 
 # -- 2: rows forged through a job's comment --------------------------------------------------

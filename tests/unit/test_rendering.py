@@ -27,8 +27,7 @@ def _context(tmp_path, environment, conda_env, **job):
         "job": {
             "name": "dask-gateway-worker",
             "comment": "dask-gateway:c0ffee:w1",
-            "log_file": "/var/log/x/worker-%j.log",
-            "chdir": "/var/log/x",
+            "log_directory": str(tmp_path / "logs" / "c0ffee"),
             "cpus": 1,
             "memory": "1024M",
             "walltime": "1-00:00:00",
@@ -64,9 +63,14 @@ def fake_env(tmp_path):
 
 
 def _run(script, tmp_path, **env):
+    """Run a job script as slurmd would; its output is what it wrote into its log."""
     path = tmp_path / "job.sh"
     path.write_text(script)
-    return subprocess.run(
+    logs = tmp_path / "logs" / "c0ffee"
+    logs.mkdir(parents=True, exist_ok=True)
+    for log in logs.glob("*.log"):
+        log.unlink()
+    result = subprocess.run(
         ["bash", str(path)],
         capture_output=True,
         text=True,
@@ -74,6 +78,10 @@ def _run(script, tmp_path, **env):
         cwd=tmp_path,
         env={"PATH": "/usr/bin:/bin", "SLURM_JOB_ID": "1", "TMPDIR": str(tmp_path), **env},
     )
+    written = "".join(log.read_text() for log in sorted(logs.glob("*.log")))
+    result.stdout += written
+    result.stderr += written
+    return result
 
 
 def test_hostile_env_values_arrive_verbatim_and_run_nothing(tmp_path, fake_env):
@@ -185,7 +193,7 @@ def test_scheduler_removes_the_users_cluster_logs_past_retention(tmp_path, fake_
     context["log_retention_days"] = 30
     result = _run(render_job_script(template_environment(), "scheduler.sh.j2", context), tmp_path)
     assert result.returncode == 0, result.stderr
-    assert sorted(p.name for p in logs.iterdir()) == ["recent-cluster"]
+    assert sorted(p.name for p in logs.iterdir()) == ["c0ffee", "recent-cluster"]
 
 
 def test_each_array_task_runs_the_worker_named_for_its_index(tmp_path, fake_env):
@@ -197,3 +205,32 @@ def test_each_array_task_runs_the_worker_named_for_its_index(tmp_path, fake_env)
     for index in range(3):
         result = _run(script, tmp_path, SLURM_ARRAY_TASK_ID=str(index))
         assert result.stdout.strip().splitlines()[-1] == f"['--name', 'w{index}']"
+
+
+def test_a_job_whose_log_directory_became_a_link_runs_nothing(tmp_path, fake_env):
+    # Checked at submission, but the job may start hours later: by then someone may have
+    # swapped the directory for a link to theirs.
+    marker = tmp_path / "ran"
+    context = _context(tmp_path, {}, fake_env)
+    context["command"] = ["touch", str(marker)]
+    script = render_job_script(template_environment(), "worker.sh.j2", context)
+    theirs = tmp_path / "theirs"
+    theirs.mkdir()
+    (tmp_path / "logs").mkdir()
+    (tmp_path / "logs" / "c0ffee").symlink_to(theirs)
+    path = tmp_path / "job.sh"
+    path.write_text(script)
+    result = subprocess.run(
+        ["bash", str(path)], capture_output=True, text=True, timeout=30,
+        env={"PATH": "/usr/bin:/bin", "SLURM_JOB_ID": "1", "TMPDIR": str(tmp_path)},
+    )  # fmt: skip
+    assert result.returncode == 72
+    assert not marker.exists() and list(theirs.iterdir()) == []
+
+
+def test_each_task_of_an_array_logs_to_its_own_file(tmp_path, fake_env):
+    context = _context(tmp_path, {}, fake_env, array="0-1")
+    context["worker_names"] = ["w0", "w1"]
+    script = render_job_script(template_environment(), "worker.sh.j2", context)
+    _run(script, tmp_path, SLURM_ARRAY_JOB_ID="7", SLURM_ARRAY_TASK_ID="1")
+    assert [p.name for p in (tmp_path / "logs" / "c0ffee").iterdir()] == ["worker-7_1.log"]
