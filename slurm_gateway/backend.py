@@ -19,6 +19,7 @@ from dask_gateway_server import __version__ as dask_gateway_server_version
 from dask_gateway_server.backends.base import PublicException
 from dask_gateway_server.backends.db_base import DBBackendBase, JobStatus, Worker
 from dask_gateway_server.backends.db_base import workers as workers_table
+from dask_gateway_server.models import ClusterStatus
 from dask_gateway_server.traitlets import MemoryLimit, Type
 from dask_gateway_server.utils import timestamp
 from traitlets import Bool, Float, Integer, List, Unicode, default
@@ -43,8 +44,10 @@ from .slurm import (
     describe_job,
     format_walltime,
     job_marker_command,
+    named_jobs_command,
     parse_max_array_size,
     parse_sbatch_job_ids,
+    parse_squeue,
     sbatch_command,
     scancel_command,
     slurm_unreachable,
@@ -58,6 +61,9 @@ from .userfs import directory_problem
 # Worker records created in one database transaction (then a yield to the event loop)
 # when a cluster scales up.
 WORKERS_PER_TRANSACTION = 100
+
+# Jobs checked one by one in SLURM per orphan sweep (the rest wait for the next sweep).
+MAX_ORPHAN_CHECKS = 50
 
 # Seconds the gateway waits at start for SLURM to say which jobs ended while it was down.
 RECONCILE_AT_START_TIMEOUT = 30.0
@@ -385,13 +391,14 @@ class SlurmBackend(DBBackendBase):
         self.user_policy = UserPolicy(
             min_uid=self.min_user_uid, max_uid=self.max_user_uid, allowed_group=self.allowed_group
         )
-        # New clusters being checked, per user: how many, and their configs (which count
-        # against the user's limits until the cluster is created or refused).
-        self._starting: dict[str, list[dict]] = {}
+        # Per user: the configs of new clusters not yet created (they count against her
+        # limits meanwhile), and how many of them are being checked as her.
+        self._reserved: dict[str, dict[object, dict]] = {}
+        self._checking: dict[str, int] = {}
         self.templates = template_environment([self.template_path])
+        self._job_names = [f"{self.job_name_prefix}-scheduler", f"{self.job_name_prefix}-worker"]
         self.tracker = JobTracker(
             self.runner.run,
-            job_names=[f"{self.job_name_prefix}-scheduler", f"{self.job_name_prefix}-worker"],
             squeue=self.squeue,
             sacct=self.sacct,
             log=self.log,
@@ -405,6 +412,8 @@ class SlurmBackend(DBBackendBase):
         self._cancellations = Coalescer(self._cancel_batch, window=self.batch_window)
         # job id -> (cluster name, worker name or None for the scheduler)
         self._job_owners: dict[str, tuple[str, str | None]] = {}
+        # Jobs sent SIGTERM and given their grace period before being cancelled.
+        self._stopping: set[str] = set()
         for cluster in self.db.active_clusters():
             self._track(cluster.state.get("job_id"), cluster)
             for worker in cluster.workers.values():
@@ -468,35 +477,40 @@ class SlurmBackend(DBBackendBase):
         return options, config
 
     async def start_cluster(self, user, cluster_options):
-        """As the stock method, checked cheapest first: who the user is, how many of her
-        requests are in progress, the options, her limits (counting clusters still being
-        checked), and only then, as the user, her log directory and job environment."""
+        """As the stock method, checked cheapest first: who the user is, the options, her
+        limits (counting clusters still being checked), how many of her requests are being
+        checked, and only then, as the user, her log directory and job environment."""
         username = user.name
         problem = user_problem(username, self.user_policy, service_uid=os.getuid())
         if problem:
             # 422, not 403: through the proxy, the stock client shows a 422's message only.
             self.log.warning("Refused a cluster for %r: %s", username, problem)
             raise PublicException(problem)
-        starting = self._starting.setdefault(username, [])
-        if len(starting) >= self.max_concurrent_starts_per_user:
-            raise web.HTTPTooManyRequests(
-                reason=f"{len(starting)} of your new clusters are still being checked and "
-                f"the limit per user is {self.max_concurrent_starts_per_user}; wait for them"
-            )
-        reservation: dict = {}
-        starting.append(reservation)
+        options, config = await self.process_cluster_options(user, cluster_options)
+        reservation = object()
+        reserved = self._reserved.setdefault(username, {})
+        reserved[reservation] = self._admit(username, config)  # no await since the check
         try:
-            options, config = await self.process_cluster_options(user, cluster_options)
-            self._admit(username, config, reservation)
-            await self._check_as_user(username, config)
-            starting.remove(reservation)
+            checking = self._checking.get(username, 0)
+            if checking >= self.max_concurrent_starts_per_user:
+                raise web.HTTPTooManyRequests(
+                    reason=f"{checking} of your new clusters are still being checked and the "
+                    f"limit per user is {self.max_concurrent_starts_per_user}; wait for them"
+                )
+            self._checking[username] = checking + 1
+            try:
+                await self._check_as_user(username, config)
+            finally:
+                self._checking[username] -= 1
+                if not self._checking[username]:
+                    del self._checking[username]
+            del reserved[reservation]
             # Admitted above and counted since: created with no await in between.
             cluster = self.db.create_cluster(username, options, config.to_dict())
         finally:
-            if reservation in starting:
-                starting.remove(reservation)
-            if not starting:
-                self._starting.pop(username, None)
+            reserved.pop(reservation, None)
+            if not reserved:
+                self._reserved.pop(username, None)
         self.log.info("Created cluster %s for user %s", cluster.name, username)
         self.queue.put(cluster)
         return cluster.name
@@ -509,12 +523,12 @@ class SlurmBackend(DBBackendBase):
             self.max_workers_per_user,
         )
 
-    def _admit(self, username: str, config, reservation: dict) -> None:
-        """Check a new cluster against the user's limits (active clusters and those being
-        checked) and reserve its place, with no await in between."""
+    def _admit(self, username: str, config) -> dict:
+        """Check a new cluster against the user's limits, counting her active clusters and
+        those being checked; return its config, to be counted too until it is created."""
         # list_clusters() without statuses lists only active clusters
         active = [(c.config, c.count) for c in self.db.list_clusters(username=username)]
-        active += [(r, 0) for r in self._starting.get(username, []) if r]
+        active += [(r, 0) for r in self._reserved.get(username, {}).values()]
         try:
             most = admit(self._user_limits(), active, config.to_dict())
         except ValueError as exc:
@@ -523,7 +537,7 @@ class SlurmBackend(DBBackendBase):
             config.cluster_max_workers is None or most < config.cluster_max_workers
         ):
             config.cluster_max_workers = most
-        reservation.update(config.to_dict())
+        return config.to_dict()
 
     async def _check_as_user(self, username: str, config) -> None:
         """Her log directory (if it exists) cannot be redirected, and her job environment
@@ -631,20 +645,28 @@ class SlurmBackend(DBBackendBase):
     async def _cancel_orphans(self):
         """Cancel active jobs bearing our job names and marker that no active cluster owns.
 
-        Any user can name a job like ours, so each candidate's owner, name and marker are
-        confirmed from SLURM for that job id alone before it is cancelled, as its owner."""
-        await self.tracker.poll(force=True)
-        if not self.tracker.slurm_available:
+        Only the jobs of users who have had a cluster here are looked at (an orphan is a
+        job submitted for a cluster but not recorded). Any user can name a job like ours, so
+        each candidate's owner, name and marker are confirmed from SLURM for that job id
+        alone before it is cancelled, as its owner; at most ``MAX_ORPHAN_CHECKS`` a sweep."""
+        users = sorted({c.username for c in self.db.list_clusters(statuses=list(ClusterStatus))})
+        if not users:
+            return
+        result = await self.runner.run(named_jobs_command(self._job_names, users, self.squeue))
+        if not result.ok:
             return
         now = time.time()
+        candidates = [
+            (job_id, info)
+            for job_id, info in parse_squeue(result.stdout).items()
+            if info.is_active
+            and job_id not in self._job_owners
+            and job_id not in self._stopping
+            and now - _epoch(info.submit_time) > self.orphan_min_age
+        ]
         orphans: dict[str, list[str]] = {}
-        for job_id, info in self.tracker.last_seen.items():
-            if (
-                info.is_active
-                and job_id not in self._job_owners
-                and now - _epoch(info.submit_time) > self.orphan_min_age
-                and await self._is_ours(job_id, info.user)
-            ):
+        for job_id, info in candidates[:MAX_ORPHAN_CHECKS]:
+            if await self._is_ours(job_id, info.user):
                 orphans.setdefault(info.user, []).append(job_id)
         for user, job_ids in orphans.items():
             self.log.warning(
@@ -660,7 +682,7 @@ class SlurmBackend(DBBackendBase):
     async def _is_ours(self, job_id: str, user: str) -> bool:
         if user_problem(user, self.user_policy, service_uid=os.getuid()):
             return False  # never a job this gateway could have submitted
-        result = await self.runner.run(job_marker_command(job_id, self.tracker.job_names))
+        result = await self.runner.run(job_marker_command(job_id, self._job_names, self.squeue))
         return result.ok and confirms_marker(result.stdout, job_id, user, self.job_marker)
 
     def _is_alive(self, obj) -> bool:
@@ -1065,14 +1087,19 @@ class SlurmBackend(DBBackendBase):
             result = await self.runner.run(terminate_command(running, self.scancel), user=username)
             if result.ok:
                 self.log.info("Sent SIGTERM to jobs of user %s: %s", username, " ".join(running))
+                # No orphans meanwhile: the orphan sweep would cut their grace period short.
+                self._stopping.update(running)
                 self.task_pool.spawn(self._cancel_after_grace(username, running))
                 job_ids = [j for j in job_ids if j not in running]
         await self._scancel(username, job_ids)
 
     async def _cancel_after_grace(self, username: str, job_ids: list[str]):
         # Jobs that already ended make scancel complain, which _scancel ignores.
-        await asyncio.sleep(self.cancel_grace_period)
-        await self._scancel(username, job_ids)
+        try:
+            await asyncio.sleep(self.cancel_grace_period)
+            await self._scancel(username, job_ids)
+        finally:
+            self._stopping.difference_update(job_ids)
 
     async def _scancel(self, username: str, job_ids: list[str]):
         if not job_ids:

@@ -170,24 +170,46 @@ def terminate_command(job_ids: list[str], scancel: str = "scancel") -> list[str]
     return [scancel, "--full", "--signal=TERM", "--", *job_ids]
 
 
-def squeue_command(job_names: list[str], squeue: str = "squeue") -> list[str]:
-    """One call listing every job (all users, all states) carrying one of our job names.
+def squeue_command(job_ids: list[str], squeue: str = "squeue") -> list[str]:
+    """One call listing the given jobs, in all states; an array task is asked for by its
+    array's id, and ``--array`` lists each task on its own line (``123_4``), pending ones
+    included, instead of grouping them as ``123_[4-99]``.
 
-    ``--array`` lists each array task on its own line (``123_4``), pending ones included,
-    instead of grouping them as ``123_[4-99]``.
+    Only the gateway's own jobs are asked for, so no job of anyone else's can make the
+    answer larger. squeue fails when asked for one job it no longer knows (purged after
+    ``MinJobAge``) but silently leaves out unknown ones among several, so a single id is
+    given twice.
     """
+    ids = sorted({job_id.split("_")[0] for job_id in job_ids}, key=int)
+    if len(ids) == 1:
+        ids *= 2
+    return [
+        squeue,
+        "--noheader",
+        "--array",
+        "--states=all",
+        "--jobs=" + ",".join(ids),
+        "--format=" + _SQUEUE_FORMAT,
+    ]
+
+
+def named_jobs_command(job_names: list[str], users: list[str], squeue: str = "squeue") -> list[str]:
+    """The jobs of ``users`` that carry one of our job names (any user can name a job so):
+    where the orphan sweep looks for jobs the gateway submitted but did not record."""
     return [
         squeue,
         "--noheader",
         "--array",
         "--states=all",
         "--name=" + ",".join(job_names),
+        "--users=" + ",".join(users),
         "--format=" + _SQUEUE_FORMAT,
     ]
 
 
 def parse_squeue(stdout: str) -> dict[str, JobInfo]:
-    """Parse :func:`squeue_command` output into ``{job_id: JobInfo}``; a line that is not
+    """Parse :func:`squeue_command` (or :func:`named_jobs_command`) output into
+    ``{job_id: JobInfo}``; a line that is not
     exactly a row of SLURM-set fields is ignored."""
     jobs = {}
     for line in stdout.splitlines():

@@ -1,8 +1,9 @@
 """Job state tracking: one ``squeue`` call per poll for every job of every cluster.
 
 The tracker keeps the last thing SLURM said about each job the gateway submitted.
-A poll runs a single ``squeue`` over all of the gateway's jobs (selected by job
-name, so unknown or purged ids cannot make it fail) and one ``sacct`` for the jobs
+A poll runs a single ``squeue`` over the gateway's own jobs (selected by job id:
+nobody else's jobs, whatever their names, can enlarge or alter the answer) and one
+``sacct`` for the jobs
 that have just left the queue, to learn their exit code and final state. When
 SLURM cannot be asked (``squeue`` fails, slurmctld is down), nothing changes:
 jobs keep their last known state, and are never reported as failed for it.
@@ -37,13 +38,11 @@ class JobTracker:
         self,
         run: Callable[[list[str]], Awaitable[CommandResult]],
         *,
-        job_names: list[str],
         squeue: str = "squeue",
         sacct: str = "sacct",
         log: logging.Logger | None = None,
     ):
         self._run = run
-        self.job_names = job_names
         self._squeue = squeue
         self._sacct = sacct
         self._log = log or logging.getLogger(__name__)
@@ -55,8 +54,6 @@ class JobTracker:
         self.slurm_available = True
         #: False while the last ``sacct`` failed (slurmdbd unreachable).
         self.accounting_available = True
-        #: Every job carrying our job names at the last successful poll, tracked or not.
-        self.last_seen: dict[str, JobInfo] = {}
 
     def track(self, job_id: str) -> None:
         self._jobs.setdefault(job_id, JobInfo(job_id))
@@ -78,18 +75,18 @@ class JobTracker:
     def __len__(self) -> int:
         return len(self._jobs)
 
-    async def poll(self, force: bool = False) -> None:
+    async def poll(self) -> None:
         """Refresh every tracked job; jobs seen ending wait in :meth:`take_ended`.
 
-        Without tracked jobs nothing is asked of SLURM, unless ``force``."""
+        Without tracked jobs nothing is asked of SLURM."""
         async with self._lock:
-            await self._poll(force)
+            await self._poll()
 
-    async def _poll(self, force: bool) -> None:
+    async def _poll(self) -> None:
         open_ids = [j for j, info in self._jobs.items() if not info.accounted]
-        if not open_ids and not force:
+        if not open_ids:
             return
-        result = await self._run(squeue_command(self.job_names, self._squeue))
+        result = await self._run(squeue_command(open_ids, self._squeue))
         if not result.ok:
             if self.slurm_available:
                 self._log.warning(
@@ -102,7 +99,7 @@ class JobTracker:
         self.slurm_available = True
 
         before = {j: self._jobs[j] for j in open_ids}
-        queued = self.last_seen = parse_squeue(result.stdout)
+        queued = parse_squeue(result.stdout)
         left_queue = []
         for job_id in open_ids:
             seen = queued.get(job_id)

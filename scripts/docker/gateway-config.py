@@ -16,6 +16,7 @@ c.SlurmGateway.authenticator_class = "dask_gateway_server.auth.SimpleAuthenticat
 c.SlurmBackend.listen_host = ""
 c.SlurmBackend.api_url = "http://gateway:8000/api"
 c.SlurmBackend.slurm_poll_period = 2
+c.SlurmBackend.allowed_group = "dask-users"  # the group of the sudo rule
 
 c.SlurmClusterConfig.conda_env = "/opt/slurm-gateway/envs/default"
 c.SlurmClusterConfig.scheduler_partition = "schedulers"

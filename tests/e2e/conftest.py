@@ -58,20 +58,18 @@ def submitted_since(user: str, since: str) -> list[str]:
 
 
 def jobs_of(cluster_name: str, role: str, user: str = "alice") -> list[str]:
-    """Ids of a cluster's active scheduler or worker jobs. Nothing SLURM shows names the
-    cluster, so root finds them through each job's working directory (the cluster's log
-    directory), whose CLUSTER file holds the name."""
-    out = run(["squeue", "--noheader", "--array", f"--user={user}", "--format=%i|%j|%Z"])
+    """Ids of a cluster's active scheduler or worker jobs that have started. Nothing SLURM
+    shows names the cluster, so root finds its log directory (whose file CLUSTER holds the
+    name) and the jobs that log there (``worker-123_4.log``)."""
+    out = run(["squeue", "--noheader", "--array", f"--user={user}", "--format=%i"])
+    active = set(out.stdout.split())
     found = []
-    for line in out.stdout.splitlines():
-        job_id, name, directory = line.split("|", 2)
-        if name == f"dask-gateway-{role}":
-            try:
-                owner = (Path(directory) / "CLUSTER").read_text().strip()
-            except OSError:
-                continue
-            if owner == cluster_name:
-                found.append(job_id)
+    for named in Path(f"/var/log/slurm-gateway/{user}").glob("*/CLUSTER"):
+        if named.read_text().strip() == cluster_name:
+            for log in sorted(named.parent.glob(f"{role}-*.log")):
+                job_id = log.name[len(role) + 1 : -len(".log")]
+                if job_id in active:
+                    found.append(job_id)
     return found
 
 

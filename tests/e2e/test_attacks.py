@@ -193,6 +193,33 @@ def test_a_forged_failed_row_fails_no_cluster_while_accounting_is_down(as_user, 
         as_user("alice", f"Gateway().stop_cluster({made['name']!r}); report()", via=gw)
 
 
+def test_jobs_named_like_the_gateways_cannot_blind_its_polling(as_user, make_gateway):
+    # With output capped (here at 4 kB, by default 8 MiB), a poll that selected jobs by
+    # name could be filled past the cap by anyone's jobs, and the gateway would take SLURM
+    # for unreachable: no job end seen, no worker replaced, no orphan swept.
+    gw = make_gateway("c.LocalSudoRunner.max_output = 4096\n")
+    flood = sbatch_as(
+        "mallory", "-J", "dask-gateway-worker", "--hold", "--array=0-199", "-o", "/dev/null",
+        "--wrap", "sleep 300",
+    )  # fmt: skip
+    try:
+        made = as_user("alice", NEW_CLUSTER, via=gw)
+        [scheduler] = jobs_of(made["name"], "scheduler")
+        run(["scancel", scheduler])
+        after = as_user(
+            "alice",
+            f"""
+            time.sleep(8)
+            report(error=error_of(Gateway().connect, {made["name"]!r}))
+            """,
+            via=gw,
+        )
+        assert f"scheduler job {scheduler} CANCELLED" in (after["error"] or ""), after
+        assert "SLURM unavailable" not in gw.log.read_text()
+    finally:
+        run(["scancel", flood])
+
+
 # -- 3: names that are not users of the gateway ---------------------------------------------
 
 
@@ -329,14 +356,20 @@ def test_a_huge_log_without_newlines_does_not_grow_the_gateway(as_user, make_gat
 # -- 6: one user flooding the gateway --------------------------------------------------------
 
 
-def test_an_env_check_that_hangs_is_killed_with_everything_it_started(as_user, make_gateway):
-    gw = make_gateway("c.SlurmBackend.env_check_timeout = 3\n")
-    env = depot("alice", "envs") / "hangs"
+def alices_env_with_python(name: str, script: str) -> Path:
+    """An environment of alice's whose ``bin/python`` is the shell ``script``."""
+    env = depot("alice", "envs") / name
     shutil.rmtree(env, ignore_errors=True)
     (env / "bin").mkdir(parents=True)
-    (env / "bin" / "python").write_text("#!/bin/sh\nsleep 313 &\nsleep 314\n")
+    (env / "bin" / "python").write_text("#!/bin/sh\n" + script)
     (env / "bin" / "python").chmod(0o755)
     run(["chown", "-R", "alice", str(env)])
+    return env
+
+
+def test_an_env_check_that_hangs_is_killed_with_everything_it_started(as_user, make_gateway):
+    gw = make_gateway("c.SlurmBackend.env_check_timeout = 3\n")
+    env = alices_env_with_python("hangs", "sleep 313 &\nsleep 314\n")
     result = as_user(
         "alice",
         f"""
@@ -354,12 +387,7 @@ def test_an_env_check_that_hangs_is_killed_with_everything_it_started(as_user, m
 
 def test_one_user_flooding_new_cluster_does_not_slow_the_others(as_user, make_gateway):
     gw = make_gateway("c.SlurmBackend.env_check_timeout = 20\n")
-    env = depot("alice", "envs") / "slow"
-    shutil.rmtree(env, ignore_errors=True)
-    (env / "bin").mkdir(parents=True)
-    (env / "bin" / "python").write_text("#!/bin/sh\nsleep 15\nexit 1\n")
-    (env / "bin" / "python").chmod(0o755)
-    run(["chown", "-R", "alice", str(env)])
+    env = alices_env_with_python("slow", "sleep 15\nexit 1\n")
     bob_code = """
         gateway = Gateway()
         started = time.monotonic()

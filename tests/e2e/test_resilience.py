@@ -8,9 +8,11 @@ from conftest import RUNUSER, run, start_slurm_daemons, stop_slurm_daemon, user_
 REPO = Path(__file__).resolve().parents[2]
 
 
-def test_untracked_job_with_the_gateways_marker_is_cancelled(make_gateway):
+def test_untracked_job_with_the_gateways_marker_is_cancelled(as_user, make_gateway):
     gw = make_gateway("c.SlurmBackend.orphan_check_period = 2\nc.SlurmBackend.orphan_min_age = 0\n")
     marker = f"dask-gateway@{gw.workdir / 'state'}"
+    # Orphans are looked for among the jobs of users who have had a cluster here.
+    as_user("alice", "Gateway().new_cluster().shutdown(); report()", via=gw)
 
     def sleeper(*options: str):
         out = run(

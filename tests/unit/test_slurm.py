@@ -6,6 +6,7 @@ from slurm_gateway.slurm import (
     describe_job,
     format_walltime,
     job_marker_command,
+    named_jobs_command,
     parse_max_array_size,
     parse_sacct,
     parse_sbatch_job_ids,
@@ -34,11 +35,18 @@ def test_sbatch_without_job_id_is_an_error():
         raise AssertionError("expected ValueError")
 
 
-def test_squeue_selects_jobs_by_name_in_all_states():
-    argv = squeue_command(["dg-scheduler", "dg-worker"], "/usr/bin/squeue")
+def test_squeue_asks_for_our_own_jobs_by_id_in_all_states():
+    argv = squeue_command(["12", "9_1", "9_0", "100"], "/usr/bin/squeue")
     assert argv[0] == "/usr/bin/squeue"
-    assert "--states=all" in argv
-    assert "--name=dg-scheduler,dg-worker" in argv
+    assert "--states=all" in argv and "--array" in argv
+    assert "--jobs=9,12,100" in argv  # an array task by its array's id
+    # A single unknown id would make squeue fail; asked for twice, it is left out quietly.
+    assert "--jobs=7,7" in squeue_command(["7"])
+
+
+def test_orphan_sweep_looks_at_named_jobs_of_the_gateways_users_only():
+    argv = named_jobs_command(["dg-scheduler", "dg-worker"], ["alice", "bob"])
+    assert "--name=dg-scheduler,dg-worker" in argv and "--users=alice,bob" in argv
 
 
 def test_squeue_pending_reason_running_node_and_finished_states():
@@ -64,9 +72,9 @@ def test_squeue_pending_reason_running_node_and_finished_states():
 
 def test_squeue_prints_no_field_a_user_can_set():
     # Job name, comment, working directory and output path (%j %k %Z %o) hold a user's bytes.
-    argv = squeue_command(["dg-worker"])
-    fields = next(a for a in argv if a.startswith("--format=")).split("=", 1)[1]
-    assert not {"%j", "%k", "%Z", "%o", "%e", "%O"} & set(fields.split("|"))
+    for argv in (squeue_command(["1"]), named_jobs_command(["dg-worker"], ["alice"])):
+        fields = next(a for a in argv if a.startswith("--format=")).split("=", 1)[1]
+        assert not {"%j", "%k", "%Z", "%o", "%e", "%O"} & set(fields.split("|"))
 
 
 def test_squeue_row_is_either_exact_or_ignored():
@@ -137,7 +145,7 @@ def test_walltime_conversions():
 
 
 def test_array_tasks_are_tracked_one_per_line():
-    assert "--array" in squeue_command(["w"])
+    assert "--array" in squeue_command(["123_0"])
     jobs = parse_squeue(
         "123_0|RUNNING|None|n1|0:05|N/A" + TAIL + "123_1|PENDING|Resources|||N/A" + TAIL
     )

@@ -28,11 +28,11 @@ class FakeSlurm:
 
 
 def _tracker(slurm):
-    return JobTracker(slurm.run, job_names=["dg-scheduler", "dg-worker"])
+    return JobTracker(slurm.run)
 
 
-def _ended_after_poll(tracker, force=False):
-    asyncio.run(tracker.poll(force))
+def _ended_after_poll(tracker):
+    asyncio.run(tracker.poll())
     return tracker.take_ended()
 
 
@@ -88,14 +88,14 @@ def test_job_purged_from_queue_and_accounting_is_unknown_not_failed():
 
 
 def test_a_job_ending_is_kept_for_the_backend_whichever_poll_saw_it():
-    # e.g. the orphan check polls too: the end it sees must still reach the backend.
+    # e.g. the failure explanation polls too: the end it sees must still reach the backend.
     slurm = FakeSlurm()
     tracker = _tracker(slurm)
     tracker.track("11")
     tracker.track("12")
     slurm.squeue = "11|CANCELLED|None|n1|0:10|N/A" + TAIL + "12|RUNNING|None|n1|0:10|N/A" + TAIL
     slurm.sacct = "11|CANCELLED by 0|0:0|n1|00:00:10|None" + TAIL
-    asyncio.run(tracker.poll(force=True))
+    asyncio.run(tracker.poll())
     slurm.squeue = "11|CANCELLED|None|n1|0:10|N/A" + TAIL + "12|FAILED|None|n1|0:11|N/A" + TAIL
     slurm.sacct = "12|FAILED|3:0|n1|00:00:11|None" + TAIL
     ended = _ended_after_poll(tracker)
