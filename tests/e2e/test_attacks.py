@@ -128,10 +128,10 @@ def test_log_directory_swapped_under_a_running_cluster_gets_no_job_submitted(
             report()
             """,
         )
+        assert not list(marker_dir.iterdir()), "code planted by alice ran"
         # The worker is refused each time (the cluster fails after a few refusals).
         assert "nothing was submitted" in gateway.log.read_text()
         assert jobs_of(name, "worker", user="bob") == []
-        assert not list(marker_dir.iterdir()), "code planted by alice ran"
     finally:
         as_user("bob", f"Gateway().stop_cluster({name!r}); report()")
         shutil.rmtree(trap, ignore_errors=True)
@@ -147,7 +147,8 @@ def test_forged_squeue_rows_cancel_no_job_of_another_user(make_gateway):
     # mallory (no gateway, not in dask-users) names a job like the gateway's, and puts rows
     # in the gateway's squeue format into its comment: alice's job, old, with the marker.
     row = f"{victim}|PENDING|None||0:00|N/A|alice|2020-01-01T00:00:00"
-    comment = "x\n" + "\n".join([f"{row}|{marker}:gone:worker", f"{row}|{marker}", f"{row}"])
+    # Rows of today's format, and last (it wins) one of the format before.
+    comment = "x\n" + "\n".join([f"{row}", f"{row}|{marker}", f"{row}|{marker}:gone:worker"])
     forged = sbatch_as(
         "mallory", "-J", "dask-gateway-worker", "--hold", "-o", "/dev/null",
         f"--comment={comment}", "--wrap", "sleep 300",
