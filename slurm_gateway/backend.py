@@ -211,7 +211,8 @@ class SlurmBackend(DBBackendBase):
     allowed_group = Unicode(
         "",
         help="""If set, only members of this Unix group may start clusters (use the group of
-        the sudo rule, e.g. ``dask-users``); others get 403 before anything runs as them.""",
+        the sudo rule, e.g. ``dask-users``); others are refused (422, saying why) before
+        anything runs as them.""",
         config=True,
     )
 
@@ -414,6 +415,8 @@ class SlurmBackend(DBBackendBase):
         self._job_owners: dict[str, tuple[str, str | None]] = {}
         # Jobs sent SIGTERM and given their grace period before being cancelled.
         self._stopping: set[str] = set()
+        # Jobs named like ours that SLURM said are not ours (another user's or gateway's).
+        self._not_ours: set[str] = set()
         for cluster in self.db.active_clusters():
             self._track(cluster.state.get("job_id"), cluster)
             for worker in cluster.workers.values():
@@ -487,9 +490,10 @@ class SlurmBackend(DBBackendBase):
             self.log.warning("Refused a cluster for %r: %s", username, problem)
             raise PublicException(problem)
         options, config = await self.process_cluster_options(user, cluster_options)
+        admitted = self._admit(username, config)
         reservation = object()
         reserved = self._reserved.setdefault(username, {})
-        reserved[reservation] = self._admit(username, config)  # no await since the check
+        reserved[reservation] = admitted  # no await since the check
         try:
             checking = self._checking.get(username, 0)
             if checking >= self.max_concurrent_starts_per_user:
@@ -580,7 +584,7 @@ class SlurmBackend(DBBackendBase):
                 (c.config, c.count)
                 for c in self.db.list_clusters(username=cluster.username)
                 if c.name != cluster_name
-            ]
+            ] + [(r, 0) for r in self._reserved.get(cluster.username, {}).values()]
             most = workers_allowed(self._user_limits(), others, cluster.config)
             if most is not None and msg["count"] > most:
                 self.log.info(
@@ -654,20 +658,32 @@ class SlurmBackend(DBBackendBase):
             return
         result = await self.runner.run(named_jobs_command(self._job_names, users, self.squeue))
         if not result.ok:
+            self.log.warning("Orphan check skipped: %s", result.summary())
             return
         now = time.time()
+        seen = parse_squeue(result.stdout)
+        self._not_ours &= seen.keys()  # forget jobs that are gone
         candidates = [
             (job_id, info)
-            for job_id, info in parse_squeue(result.stdout).items()
+            for job_id, info in seen.items()
             if info.is_active
             and job_id not in self._job_owners
             and job_id not in self._stopping
+            and job_id not in self._not_ours
             and now - _epoch(info.submit_time) > self.orphan_min_age
         ]
         orphans: dict[str, list[str]] = {}
         for job_id, info in candidates[:MAX_ORPHAN_CHECKS]:
-            if await self._is_ours(job_id, info.user):
+            ours = await self._is_ours(job_id, info.user)
+            if ours:
                 orphans.setdefault(info.user, []).append(job_id)
+            elif ours is False:
+                self._not_ours.add(job_id)  # never asked about again
+                self.log.info(
+                    "Job %s of user %s has the gateway's job name but not its marker; left alone",
+                    job_id,
+                    info.user,
+                )
         for user, job_ids in orphans.items():
             self.log.warning(
                 "Cancelling orphan jobs of user %s (no active cluster owns them): %s",
@@ -679,11 +695,14 @@ class SlurmBackend(DBBackendBase):
             except SlurmError as exc:
                 self.log.warning("Could not cancel orphan jobs of user %s: %s", user, exc)
 
-    async def _is_ours(self, job_id: str, user: str) -> bool:
+    async def _is_ours(self, job_id: str, user: str) -> bool | None:
+        """Whether SLURM confirms the job as one of ours (None: SLURM could not say)."""
         if user_problem(user, self.user_policy, service_uid=os.getuid()):
             return False  # never a job this gateway could have submitted
         result = await self.runner.run(job_marker_command(job_id, self._job_names, self.squeue))
-        return result.ok and confirms_marker(result.stdout, job_id, user, self.job_marker)
+        if not result.ok:
+            return None
+        return confirms_marker(result.stdout, job_id, user, self.job_marker)
 
     def _is_alive(self, obj) -> bool:
         info = self._job_info(obj)

@@ -125,8 +125,9 @@ class LocalSudoRunner(CommandRunner):
     """Run commands on this host; as another user through ``sudo -n -u USER``.
 
     The service account needs a sudo rule allowing exactly the commands the
-    backend runs as users (``sbatch``, ``scancel``, ``mkdir``, ``tail``), for the
-    users allowed to use the gateway, without a password. See the README.
+    backend runs as users (``sbatch --parsable``, ``scancel`` with job ids and
+    ``slurm-gateway-user-helper``), for the users allowed to use the gateway,
+    without a password: ``deploy/sudoers``, quoted in the README.
     """
 
     sudo = Unicode("sudo", help="Path to sudo.", config=True)

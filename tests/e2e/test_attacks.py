@@ -131,7 +131,7 @@ def test_log_directory_swapped_under_a_running_cluster_gets_no_job_submitted(
         assert not list(marker_dir.iterdir()), "code planted by alice ran"
         # The worker is refused each time (the cluster fails after a few refusals).
         assert "nothing was submitted" in gateway.log.read_text()
-        assert jobs_of(name, "worker", user="bob") == []
+        assert [job for job in user_jobs("bob") if "worker" in job] == []
     finally:
         as_user("bob", f"Gateway().stop_cluster({name!r}); report()")
         shutil.rmtree(trap, ignore_errors=True)
@@ -140,29 +140,41 @@ def test_log_directory_swapped_under_a_running_cluster_gets_no_job_submitted(
 # -- 2: rows forged through a job's comment --------------------------------------------------
 
 
-def test_forged_squeue_rows_cancel_no_job_of_another_user(make_gateway):
+def test_forged_squeue_rows_cancel_no_job_of_another_user(as_user, make_gateway):
     gw = make_gateway("c.SlurmBackend.orphan_check_period = 2\nc.SlurmBackend.orphan_min_age = 5\n")
     marker = f"dask-gateway@{gw.workdir / 'state'}"
+    # bob has had a cluster here, so the orphan sweep looks at his jobs with our names.
+    as_user("bob", "Gateway().new_cluster().shutdown(); report()", via=gw)
     victim = sbatch_as("alice", "-J", "analysis", "-o", "/dev/null", "--wrap", "sleep 300")
-    # mallory (no gateway, not in dask-users) names a job like the gateway's, and puts rows
-    # in the gateway's squeue format into its comment: alice's job, old, with the marker.
+    # mallory (no gateway, not in dask-users) and bob name jobs like the gateway's, and put
+    # rows in the gateway's squeue format into their comments: alice's job, old, with the
+    # marker. Rows of today's format, and last (it wins) one of the format before.
     row = f"{victim}|PENDING|None||0:00|N/A|alice|2020-01-01T00:00:00"
-    # Rows of today's format, and last (it wins) one of the format before.
     comment = "x\n" + "\n".join([f"{row}", f"{row}|{marker}", f"{row}|{marker}:gone:worker"])
-    forged = sbatch_as(
-        "mallory", "-J", "dask-gateway-worker", "--hold", "-o", "/dev/null",
-        f"--comment={comment}", "--wrap", "sleep 300",
-    )  # fmt: skip
+    forged = [
+        sbatch_as(
+            user,
+            "-J",
+            "dask-gateway-worker",
+            "--hold",
+            "-o",
+            "/dev/null",
+            f"--comment={comment}",
+            "--wrap",
+            "sleep 300",
+        )  # fmt: skip
+        for user in ("mallory", "bob")
+    ]
     try:
         time.sleep(15)  # several orphan checks
         assert job_state(victim) in ("RUNNING", "PENDING"), "alice's job was cancelled"
-        assert f"{victim}" not in [
-            line.split()[-1] for line in gw.log.read_text().splitlines() if "orphan" in line
-        ]
         accounted = run(["sacct", "-n", "-X", "-j", victim, "-o", "State%30"]).stdout
         assert "CANCELLED" not in accounted, accounted
+        # The sweep did look at bob's job, and SLURM said it is not the gateway's.
+        assert f"Job {forged[1]} of user bob has the gateway's job name" in gw.log.read_text()
+        assert job_state(forged[1]) == "PENDING"
     finally:
-        run(["scancel", victim, forged])
+        run(["scancel", victim, *forged])
 
 
 def test_a_forged_failed_row_fails_no_cluster_while_accounting_is_down(as_user, make_gateway):
@@ -277,7 +289,11 @@ def test_the_sudo_rule_allows_only_what_the_gateway_runs():
         ("alice", "/usr/bin/scancel", "--user=alice"),
         ("alice", "/usr/bin/scancel", "--", "1", "--user=alice"),
         ("mallory", "/usr/bin/scancel", "--", "1"),
+        ("mallory", "/usr/bin/sbatch", "--parsable"),
+        ("mallory", "/opt/slurm-gateway/venv/bin/slurm-gateway-user-helper", "log-tail", "/x"),
         ("root", "/usr/bin/scancel", "--", "1"),
+        ("root", "/usr/bin/sbatch", "--parsable"),
+        ("root", "/opt/slurm-gateway/venv/bin/slurm-gateway-user-helper", "log-tail", "/x"),
     ]
     for user, *argv in refused:
         out = sudo(user, *argv)
