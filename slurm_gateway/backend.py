@@ -804,8 +804,9 @@ class SlurmBackend(DBBackendBase):
     # -- clusters --------------------------------------------------------------------------
 
     async def do_start_cluster(self, cluster):
-        # Named by start time and chance, not by the cluster: every user can read a job's
-        # output path and working directory, and a cluster's name is its dashboard's key.
+        # Named by start time and chance, not by the cluster: a cluster's name is the key
+        # to its dashboard, and stays out of every path (a log path shows in error messages,
+        # `ps` and, where a site's template puts it there, in `scontrol show job`).
         user_directory = self._user_log_directory(cluster)
         subdirectory = f"{time.strftime('%Y%m%d-%H%M%S')}-{secrets.token_hex(4)}"
         state = {"log_directory": f"{user_directory}/{subdirectory}"}
