@@ -22,7 +22,7 @@ from traitlets import Bool, Unicode, default
 
 from . import __version__
 from .backend import SlurmBackend
-from .config import SlurmClusterConfig
+from .cluster_config import SlurmClusterConfig
 from .state import read_or_create_secret
 from .transport import LocalSudoRunner
 

@@ -10,23 +10,12 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, replace
 
-# States in which a job still holds (or waits for) resources.
-ACTIVE_STATES = frozenset(
-    {
-        "PENDING",
-        "CONFIGURING",
-        "RUNNING",
-        "COMPLETING",
-        "SUSPENDED",
-        "REQUEUED",
-        "REQUEUE_HOLD",
-        "REQUEUE_FED",
-        "RESIZING",
-        "SIGNALING",
-        "STAGE_OUT",
-        "RESV_DEL_HOLD",
-    }
-)
+# The states the gateway acts on by name (squeue's and sacct's spelling).
+PENDING = "PENDING"
+RUNNING = "RUNNING"
+COMPLETING = "COMPLETING"
+COMPLETED = "COMPLETED"
+TIMEOUT = "TIMEOUT"
 
 # States a job never leaves.
 TERMINAL_STATES = frozenset(
@@ -108,7 +97,12 @@ class JobInfo:
 
     @property
     def is_running(self) -> bool:
-        return self.state == "RUNNING"
+        return self.state == RUNNING
+
+    @property
+    def is_queued(self) -> bool:
+        """Submitted and waiting: not yet started by SLURM."""
+        return self.state in (PENDING, SUBMITTED)
 
     def merged(self, newer: JobInfo) -> JobInfo:
         """Combine with a newer report, keeping facts the newer one lacks."""
@@ -289,7 +283,7 @@ def parse_sacct(stdout: str) -> dict[str, JobInfo]:
 def describe_job(role: str, info: JobInfo) -> str:
     """One line of SLURM facts, e.g. ``scheduler job 42 OUT_OF_MEMORY (exit 0:125) on n1``."""
     text = f"{role} job {info.job_id} {info.state}"
-    if info.state == "PENDING":
+    if info.state == PENDING:
         text += f" (reason: {info.reason or 'None'}"
         text += f", expected start: {info.start_time})" if info.start_time else ")"
     else:

@@ -18,6 +18,8 @@ from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import replace
 
 from .slurm import (
+    COMPLETING,
+    RUNNING,
     UNKNOWN,
     JobInfo,
     parse_sacct,
@@ -72,9 +74,6 @@ class JobTracker:
     def get(self, job_id: str) -> JobInfo | None:
         return self._jobs.get(job_id)
 
-    def __len__(self) -> int:
-        return len(self._jobs)
-
     async def poll(self) -> None:
         """Refresh every tracked job; jobs seen ending wait in :meth:`take_ended`.
 
@@ -105,11 +104,11 @@ class JobTracker:
             seen = queued.get(job_id)
             if seen is not None:
                 info = self._jobs[job_id].merged(seen)
-                if info.state == "RUNNING" and info.running_since is None:
+                if info.state == RUNNING and info.running_since is None:
                     info = replace(info, running_since=time.time())
                 self._jobs[job_id] = info
             # COMPLETING jobs are ending: sacct already knows how (e.g. CANCELLED by uid).
-            if seen is None or seen.is_terminal or seen.state == "COMPLETING":
+            if seen is None or seen.is_terminal or seen.state == COMPLETING:
                 left_queue.append(job_id)
         if left_queue:
             await self._account(left_queue, missing=set(left_queue) - set(queued))

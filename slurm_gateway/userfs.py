@@ -149,6 +149,14 @@ def directory_problem(
     return _path_problem(path, owner_uid, lstat, readlink, missing_ok=False)
 
 
+def existing_directory_problem(path: str, owner_uid: int) -> str | None:
+    """As :func:`directory_problem`, but a directory that does not exist yet is no problem
+    (the user's own helper creates it, privately)."""
+    if not os.path.lexists(path):
+        return None
+    return directory_problem(path, owner_uid)
+
+
 def _open_directory(name: str, path: str, dir_fd: int | None = None) -> tuple[int, os.stat_result]:
     """Open the directory ``name`` (relative to ``dir_fd``) without following a link.
 

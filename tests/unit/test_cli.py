@@ -7,7 +7,7 @@ import textwrap
 import yaml
 
 from slurm_gateway.backend import SlurmBackend
-from slurm_gateway.config import SlurmClusterConfig
+from slurm_gateway.cluster_config import SlurmClusterConfig
 
 
 def _cli(*args):

@@ -5,7 +5,7 @@ import math
 import pytest
 from dask_gateway_server.options import Options
 
-from slurm_gateway.options import check_conda_env, default_options, filter_environment
+from slurm_gateway.user_options import check_conda_env, default_options, filter_environment
 
 
 @pytest.mark.parametrize(

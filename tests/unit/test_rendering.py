@@ -159,7 +159,7 @@ def test_directives_rendered_and_newlines_refused(tmp_path, fake_env):
 
 
 def test_admin_directives_sbatch_would_not_take_literally_are_refused_at_startup():
-    from slurm_gateway.config import SlurmClusterConfig
+    from slurm_gateway.cluster_config import SlurmClusterConfig
 
     assert SlurmClusterConfig(constraint="a&b|c", gres="gpu:a100:1").constraint == "a&b|c"
     for trait, value in [

@@ -4,7 +4,7 @@ import math
 
 import pytest
 
-from slurm_gateway.options import request_body_problem
+from slurm_gateway.user_options import request_body_problem
 
 
 @pytest.mark.parametrize("count", [-1, True, 1.5, "4; id", None, math.nan])

@@ -1,0 +1,163 @@
+"""The one place that relies on dask-gateway-server's internals (written against 2026.3).
+
+The public backend API (``do_*`` hooks, ``DataManager`` methods) is used elsewhere. Here,
+and only here, the backend overrides private methods of ``DBBackendBase`` and writes to its
+``workers`` table directly, each for a reason said where it is done:
+
+- ``on_cluster_heartbeat``: cap the worker count a scheduler asks for to the user's limits.
+- ``_check_cluster_scale``: create a scale-up's worker records 100 per transaction, yielding
+  in between (the stock method commits one by one without yielding: a ``scale(500)`` held
+  every API request for over a second).
+- ``_check_timeouts``: a worker's start timeout counts from when SLURM started its job (the
+  stock check counts queue wait, cancelling workers merely waiting in a busy queue).
+
+:func:`internals_problems` lists what a new dask-gateway-server release changed of what
+this relies on; the unit tests assert it is empty, so such a release fails them loudly.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import time
+import uuid
+
+from dask_gateway_server.backends.db_base import DataManager, DBBackendBase, JobStatus, Worker
+from dask_gateway_server.backends.db_base import workers as workers_table
+from dask_gateway_server.utils import timestamp
+
+from .lifecycle import heartbeat_overdue, scheduler_timed_out, worker_start_timed_out
+
+# Worker records created in one database transaction (then a yield to the event loop).
+WORKERS_PER_TRANSACTION = 100
+
+#: The private methods overridden here, with the parameters they are called with.
+OVERRIDDEN = {
+    "on_cluster_heartbeat": ["self", "cluster_name", "msg"],
+    "_check_cluster_scale": ["self", "cluster"],
+    "_check_timeouts": ["self"],
+}
+#: The columns of the ``workers`` table written by :func:`create_workers`.
+WORKER_COLUMNS = {
+    "id",
+    "cluster_id",
+    "name",
+    "status",
+    "target",
+    "state",
+    "start_time",
+    "stop_time",
+    "close_expected",
+}
+#: What the overrides use of the base class and its ``DataManager``.
+USED_ATTRIBUTES = {
+    DBBackendBase: ["worker_start_failure_limit", "cluster_heartbeat_timeout", "queue"],
+    DataManager: ["active_clusters", "update_clusters", "update_workers", "list_clusters"],
+}
+
+
+def internals_problems() -> list[str]:
+    """What the installed dask-gateway-server lacks of the internals used here."""
+    problems = []
+    for name, parameters in OVERRIDDEN.items():
+        method = getattr(DBBackendBase, name, None)
+        if method is None or not inspect.iscoroutinefunction(method):
+            problems.append(f"DBBackendBase.{name} is gone or no longer a coroutine")
+        elif list(inspect.signature(method).parameters) != parameters:
+            problems.append(f"DBBackendBase.{name} now takes {inspect.signature(method)}")
+    columns = {column.name for column in workers_table.columns}
+    if columns != WORKER_COLUMNS:
+        problems.append(f"the workers table's columns are now {sorted(columns)}")
+    for cls, names in USED_ATTRIBUTES.items():
+        for name in names:
+            if not hasattr(cls, name) and name not in getattr(cls, "class_traits", dict)():
+                problems.append(f"{cls.__name__}.{name} is gone")
+    fields = set(inspect.signature(Worker).parameters)
+    if not WORKER_COLUMNS - {"cluster_id", "stop_time"} | {"cluster"} <= fields:
+        problems.append(f"Worker() now takes {sorted(fields)}")
+    return problems
+
+
+def create_workers(data: DataManager, cluster, count: int) -> list[Worker]:
+    """``count`` new workers of a cluster, as ``DataManager.create_worker`` makes them, in
+    one transaction."""
+    created = []
+    with data.db.begin() as connection:
+        for _ in range(count):
+            fields = {
+                "name": uuid.uuid4().hex,
+                "status": JobStatus.CREATED,
+                "target": JobStatus.RUNNING,
+                "state": {},
+                "start_time": timestamp(),
+                "close_expected": False,
+            }
+            result = connection.execute(
+                workers_table.insert().values(cluster_id=cluster.id, **fields)
+            )
+            created.append(Worker(id=result.inserted_primary_key[0], cluster=cluster, **fields))
+    for worker in created:
+        cluster.workers[worker.name] = worker
+    return created
+
+
+class StockOverrides:
+    """The backend's overrides of ``DBBackendBase`` internals (see the module docstring).
+    The backend provides ``allowed_worker_count``, ``job_info``, ``start_policy`` and
+    ``record_worker_failure``."""
+
+    async def on_cluster_heartbeat(self, cluster_name, msg):
+        # The heartbeat carries the number of workers the scheduler wants (scale, adapt).
+        cluster = self.db.get_cluster(cluster_name)
+        if cluster is not None:
+            count = self.allowed_worker_count(cluster, msg.get("count"))
+            if count != msg.get("count"):
+                self.log.info(
+                    "Cluster %s asked for %.100r workers; it gets %d (the user's limits)",
+                    cluster_name,
+                    msg.get("count"),
+                    count,
+                )
+                msg = {**msg, "count": count}
+        await super().on_cluster_heartbeat(cluster_name, msg)
+
+    async def _check_cluster_scale(self, cluster):
+        if cluster.worker_start_failure_count >= self.worker_start_failure_limit:
+            return await super()._check_cluster_scale(cluster)
+        while cluster.target == JobStatus.RUNNING:
+            missing = cluster.count - len(cluster.active_workers())
+            if missing <= 0:
+                return
+            batch = min(missing, WORKERS_PER_TRANSACTION)
+            for worker in create_workers(self.db, cluster, batch):
+                self.log.info("Created worker %s for cluster %s", worker.name, cluster.name)
+                self.queue.put(worker)
+            await asyncio.sleep(0)
+
+    async def _check_timeouts(self):
+        # A scheduler's start timeout counts from the cluster's creation (so that users
+        # hear within minutes) or, with queue_aware_start, from its job's start.
+        now = time.time()
+        policy = self.start_policy
+        cluster_updates, worker_updates = [], []
+        for cluster in self.db.active_clusters():
+            if cluster.status == JobStatus.SUBMITTED:
+                job = self.job_info(cluster)
+                if scheduler_timed_out(policy, now, cluster.start_time / 1000, job):
+                    self.log.info("Cluster %s startup timed out", cluster.name)
+                    cluster_updates.append((cluster, {"target": JobStatus.FAILED}))
+            elif cluster.status == JobStatus.RUNNING:
+                if heartbeat_overdue(cluster.last_heartbeat, now, self.cluster_heartbeat_timeout):
+                    self.log.info("Cluster %s heartbeat timed out", cluster.name)
+                    cluster_updates.append((cluster, {"target": JobStatus.FAILED}))
+                    continue
+                for worker in cluster.workers.values():
+                    if worker.status == JobStatus.SUBMITTED and worker.target == JobStatus.RUNNING:
+                        job = self.job_info(worker)
+                        if worker_start_timed_out(policy, now, job):
+                            self.record_worker_start_timeout(cluster, job)
+                            worker_updates.append((worker, {"target": JobStatus.FAILED}))
+        self.db.update_clusters(cluster_updates)
+        self.db.update_workers(worker_updates)
+        for obj, _ in cluster_updates + worker_updates:
+            self.queue.put(obj)

@@ -1,0 +1,237 @@
+"""What a job script needs: walltimes, lifetimes, commands, environments and the template
+context, as pure functions of the cluster's config and the gateway's settings.
+
+The template context is the contract with admin templates (see ``templates/base.sh.j2``):
+``role``, ``cluster_name``, ``job`` (the ``#SBATCH`` values), ``conda_env``,
+``user_environment``, ``gateway_environment``, ``tls_cert``, ``tls_key``, ``command``,
+``worker_names``, ``user_log_directory`` and ``log_retention_days``.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+from jinja2 import Environment
+
+from .rendering import render_job_script
+from .slurm import format_walltime, walltime_seconds
+
+#: Shortest walltime a worker job is given, in seconds.
+MIN_WORKER_SECONDS = 60.0
+
+#: Seconds a worker waits for a scheduler that went away before it exits.
+WORKER_DEATH_TIMEOUT = 60
+
+
+def user_log_directory(template: str, username: str) -> str:
+    """The user's own log directory, from the ``log_directory`` setting."""
+    return os.path.normpath(template.format(username=username))
+
+
+def worker_seconds(
+    walltime: str, worker_walltime: str, cluster_started: float, now: float
+) -> float:
+    """A worker's walltime in seconds: its own limit (the cluster's if none), cut to what
+    is left of the cluster's life, and never under a minute."""
+    cluster_left = walltime_seconds(walltime) - (now - cluster_started)
+    wanted = walltime_seconds(worker_walltime or walltime)
+    return max(MIN_WORKER_SECONDS, min(wanted, cluster_left))
+
+
+def lifetime_args(seconds: float, margin: float) -> list[str]:
+    """dask's ``--lifetime``: leave (staggered) ``margin`` seconds, at most a quarter of the
+    walltime, before the walltime, so that the work moves on to other workers."""
+    margin = min(margin, seconds / 4)
+    return ["--lifetime", f"{seconds - margin:.0f}s", "--lifetime-stagger", f"{margin:.0f}s"]
+
+
+def worker_command(
+    base: Sequence[str],
+    scheduler_address: str,
+    *,
+    host: str,
+    nthreads: str,
+    memory_limit: str,
+    seconds: float,
+    margin: float,
+    listen_host: str = "",
+) -> list[str]:
+    """The worker command without ``--name``, which the job script adds per array task."""
+    command = [
+        *base,
+        scheduler_address,
+        "--dashboard-address",
+        f"{host}:0",
+        "--nthreads",
+        nthreads,
+        "--memory-limit",
+        memory_limit,
+        # Exit when the scheduler is gone instead of waiting for the walltime.
+        "--death-timeout",
+        str(WORKER_DEATH_TIMEOUT),
+        *lifetime_args(seconds, margin),
+    ]
+    if listen_host:
+        command += ["--host", listen_host]
+    return command
+
+
+def split_environment(
+    gateway: Mapping[str, str], user: Mapping[str, str]
+) -> tuple[dict[str, str], dict[str, str]]:
+    """The gateway's variables and the user's, where the gateway's always win: a user's
+    variable of the same name is dropped, and an equal one is left to the user's side."""
+    gateway_only = {k: v for k, v in gateway.items() if k not in user or v != user[k]}
+    user_only = {k: v for k, v in user.items() if k not in gateway_only}
+    return gateway_only, user_only
+
+
+def job_directives(
+    config: Mapping,
+    role: str,
+    *,
+    name: str,
+    marker: str,
+    log_directory: str,
+    tasks: int,
+    walltime: str,
+) -> dict:
+    """The ``#SBATCH`` values of a scheduler or worker job (the template's ``job``)."""
+    worker = role == "worker"
+    if worker:
+        cpus, memory = config["worker_cores"], config["worker_memory"]
+        partition = config["partition"]
+    else:
+        cpus, memory = config["scheduler_cores"], config["scheduler_memory"]
+        partition = config["scheduler_partition"] or config["partition"]
+    return {
+        "name": name,
+        "comment": marker,
+        "log_directory": log_directory,
+        "array": f"0-{tasks - 1}" if tasks > 1 else "",
+        "cpus": cpus,
+        "memory": f"{math.ceil(memory / 2**20)}M",
+        "walltime": walltime,
+        "partition": partition,
+        "account": config["account"],
+        "qos": config["qos"],
+        "reservation": config["reservation"],
+        "constraint": config["constraint"] if worker else "",
+        "gres": config["gres"] if worker else "",
+        "extra_directives": config["extra_directives"] + config[f"{role}_extra_directives"],
+    }
+
+
+def template_context(
+    config: Mapping,
+    role: str,
+    *,
+    cluster_name: str,
+    username: str,
+    job: dict,
+    command: list[str],
+    gateway_environment: Mapping[str, str],
+    tls: tuple[str, str],
+    worker_names: Sequence[str] = (),
+) -> dict:
+    """Everything a job template sees (the contract in this module's docstring)."""
+    gateway_only, user_only = split_environment(gateway_environment, config["environment"])
+    return {
+        "role": role,
+        "cluster_name": cluster_name,
+        "job": job,
+        "conda_env": config["conda_env"],
+        "user_environment": user_only,
+        "gateway_environment": gateway_only,
+        "tls_cert": tls[0],
+        "tls_key": tls[1],
+        "command": command,
+        "worker_names": list(worker_names),
+        "user_log_directory": user_log_directory(config["log_directory"], username),
+        "log_retention_days": config["log_retention_days"],
+    }
+
+
+@dataclass(frozen=True)
+class JobScripts:
+    """Renders a cluster's scheduler and worker job scripts from the templates and the
+    gateway's settings. ``cluster`` is dask-gateway-server's cluster record."""
+
+    templates: Environment
+    job_name_prefix: str
+    marker: str
+    #: The address dask listens on (``--host``, dashboards): the backend's ``default_host``.
+    host: str
+    listen_host: str
+    walltime_margin: float
+
+    def scheduler(
+        self, cluster, log_directory: str, command: list[str], environment: Mapping[str, str]
+    ) -> str:
+        """The scheduler job's script."""
+        walltime = cluster.config["walltime"]
+        return self._render(cluster, "scheduler", log_directory, command, walltime, environment)
+
+    def workers(
+        self,
+        cluster,
+        log_directory: str,
+        workers: Sequence,
+        nthreads_memory: tuple[str, str],
+        environment: Mapping[str, str],
+        now: float,
+    ) -> str:
+        """The script of a job (one worker) or job array (one task per worker)."""
+        config = cluster.config
+        seconds = worker_seconds(
+            config["walltime"], config["worker_walltime"], cluster.start_time / 1000, now
+        )
+        command = worker_command(
+            config["worker_cmd"],
+            cluster.scheduler_address,
+            host=self.host,
+            nthreads=nthreads_memory[0],
+            memory_limit=nthreads_memory[1],
+            seconds=seconds,
+            margin=self.walltime_margin,
+            listen_host=self.listen_host,
+        )
+        walltime = format_walltime(seconds)
+        return self._render(
+            cluster, "worker", log_directory, command, walltime, environment, workers
+        )
+
+    def _render(
+        self,
+        cluster,
+        role: str,
+        log_directory: str,
+        command: list[str],
+        walltime: str,
+        environment: Mapping[str, str],
+        workers: Sequence = (),
+    ) -> str:
+        job = job_directives(
+            cluster.config,
+            role,
+            name=f"{self.job_name_prefix}-{role}",
+            marker=self.marker,
+            log_directory=log_directory,
+            tasks=len(workers),
+            walltime=walltime,
+        )
+        context = template_context(
+            cluster.config,
+            role,
+            cluster_name=cluster.name,
+            username=cluster.username,
+            job=job,
+            command=command,
+            gateway_environment=environment,
+            tls=(cluster.tls_cert.decode(), cluster.tls_key.decode()),
+            worker_names=[w.name for w in workers],
+        )
+        return render_job_script(self.templates, f"{role}.sh.j2", context)
