@@ -1,4 +1,5 @@
-"""The ``slurm-gateway`` command: run the gateway, print its config, print the client config."""
+"""The ``slurm-gateway`` command: run the gateway or its proxy, write a documented config file,
+print the client config."""
 
 from __future__ import annotations
 
@@ -19,6 +20,7 @@ from dask_gateway_server.proxy import Proxy
 from dask_gateway_server.proxy.core import ProxyApp
 from dask_gateway_server.traitlets import Application
 from traitlets import Bool, Unicode, default
+from traitlets.config import Config
 
 from . import __version__
 from .backend import SlurmBackend
@@ -27,12 +29,60 @@ from .state import read_or_create_secret
 from .transport import LocalSudoRunner
 
 DEFAULT_CONFIG = "/etc/slurm-gateway/config.py"
+CONFIG_FILE_MODE = 0o640
 
 _AUTH_TYPES = {
     "SimpleAuthenticator": "basic",
     "JupyterHubAuthenticator": "jupyterhub",
     "KerberosAuthenticator": "kerberos",
 }
+
+
+def write_config_file(path: str, text: str, overwrite: bool = False) -> None:
+    """Write ``text`` to ``path`` with mode 0640 (the config may hold secrets).
+
+    Without ``overwrite`` an existing file (or link) is left alone: :class:`FileExistsError`.
+    An overwritten file keeps its owner and group but gets mode 0640 too."""
+    flags = os.O_WRONLY | os.O_CREAT | (os.O_TRUNC if overwrite else os.O_EXCL)
+    fd = os.open(path, flags, CONFIG_FILE_MODE)
+    with os.fdopen(fd, "w") as f:
+        os.fchmod(fd, CONFIG_FILE_MODE)  # whatever the umask, or the old file's mode, was
+        f.write(text)
+
+
+class GenerateConfig(Application):
+    """Print or write a config file with every option documented."""
+
+    name = "slurm-gateway generate-config"
+    version = __version__
+    description = f"""Print a config file with every option of the gateway documented, or
+    write it to a file (mode 0640; the gateway reads {DEFAULT_CONFIG} unless given -f)."""
+    examples = "\n".join(  # one command a line, without indentation (--help indents them)
+        [f"slurm-gateway generate-config -o {DEFAULT_CONFIG}", "slurm-gateway generate-config"]
+    )
+
+    output = Unicode(
+        "", help="Write the config to this file (mode 0640) instead of printing it.", config=True
+    )
+    force = Bool(False, help="Overwrite the output file if it exists.", config=True)
+    aliases = {"o": "GenerateConfig.output", "output": "GenerateConfig.output"}
+    flags = {
+        "force": ({"GenerateConfig": {"force": True}}, "Overwrite the output file if it exists.")
+    }
+
+    def start(self) -> None:
+        gateway = self.parent if isinstance(self.parent, SlurmGateway) else SlurmGateway()
+        text = gateway.generate_config_file()
+        if not self.output:
+            sys.stdout.write(text)
+            return
+        try:
+            write_config_file(self.output, text, overwrite=self.force)
+        except FileExistsError:
+            self.exit(f"{self.output} already exists; use --force to overwrite it")
+        except OSError as e:
+            self.exit(f"cannot write {self.output}: {e.strerror or e}")
+        print(f"Wrote the documented config to {self.output} (mode 0640)", file=sys.stderr)
 
 
 class ClientConfig(Application):
@@ -59,7 +109,7 @@ class ClientConfig(Application):
     def _default_public_host(self):
         return socket.getfqdn()
 
-    def start(self):
+    def start(self) -> None:
         if not os.access(self.config_file, os.R_OK):
             self.exit(f"cannot read the gateway config {self.config_file}")
         self.load_config_file(self.config_file)
@@ -85,7 +135,7 @@ class ClientConfig(Application):
         print("\n".join(lines))
 
 
-def share_proxy_token(config) -> None:
+def share_proxy_token(config: Config) -> None:
     """Give an externally managed proxy and the gateway the same API token.
 
     Unless the admin set one (``c.Proxy.api_token`` or ``DASK_GATEWAY_PROXY_TOKEN``), it
@@ -113,7 +163,7 @@ class ProxyCommand(ProxyApp):
     from the gateway, they are not cut when the gateway restarts."""
 
     name = "slurm-gateway proxy"
-    examples = "slurm-gateway proxy -f /etc/slurm-gateway/config.py"
+    examples = f"slurm-gateway proxy -f {DEFAULT_CONFIG}"
     config_file = Unicode(DEFAULT_CONFIG, help="The gateway config file to read.", config=True)
     aliases = {
         "f": "ProxyCommand.config_file",
@@ -121,7 +171,7 @@ class ProxyCommand(ProxyApp):
         "log-level": "Proxy.log_level",
     }
 
-    def start(self):
+    def start(self) -> None:
         os.umask(0o077)
         share_proxy_token(self.parent.config)
         super().start()
@@ -133,26 +183,38 @@ class SlurmGateway(DaskGateway):
     name = "slurm-gateway"
     version = __version__
     description = "Start the Dask Gateway server with the SLURM backend"
-    examples = """
-        slurm-gateway -f /etc/slurm-gateway/config.py
-        slurm-gateway --generate-config > /etc/slurm-gateway/config.py
-        slurm-gateway client-config -f /etc/slurm-gateway/config.py > /etc/dask/gateway.yaml
-    """
+    examples = "\n".join(  # one command a line, without indentation (--help indents them)
+        [
+            f"slurm-gateway generate-config -o {DEFAULT_CONFIG}",
+            f"slurm-gateway -f {DEFAULT_CONFIG}",
+            f"slurm-gateway client-config -f {DEFAULT_CONFIG} > /etc/dask/gateway.yaml",
+        ]
+    )
 
     subcommands = {
+        "generate-config": ("slurm_gateway.cli.GenerateConfig", GenerateConfig.__doc__),
         "client-config": ("slurm_gateway.cli.ClientConfig", ClientConfig.__doc__),
         "proxy": ("slurm_gateway.cli.ProxyCommand", ProxyCommand.__doc__.splitlines()[0]),
     }
 
     config_file = Unicode(DEFAULT_CONFIG, help="The config file to load.", config=True)
+    aliases = {
+        **DaskGateway.aliases,
+        "f": "SlurmGateway.config_file",  # so that --help shows this default
+        "config": "SlurmGateway.config_file",
+    }
 
     generate_config = Bool(
-        False, help="Print a config file with every option documented, then exit.", config=True
+        False,
+        help="Print a config file with every option documented, then exit "
+        "(the same as the generate-config subcommand).",
+        config=True,
     )
     flags = {
         "generate-config": (
             {"SlurmGateway": {"generate_config": True}},
-            "Print a config file with every option documented, then exit.",
+            "Print a config file with every option documented, then exit "
+            "(the same as the generate-config subcommand).",
         )
     }
 
@@ -173,7 +235,7 @@ class SlurmGateway(DaskGateway):
             KerberosAuthenticator,
         ]
 
-    def initialize(self, argv=None):
+    def initialize(self, argv: list[str] | None = None) -> None:
         # Parse the command line only: --generate-config must work without a config file.
         Application.initialize(self, argv)
         if self.generate_config:
@@ -184,12 +246,20 @@ class SlurmGateway(DaskGateway):
             # is private to the service account.
             os.umask(0o077)
             super().initialize(argv)
-            self._warn_if_config_is_public()
+            self._check_config_file()
             share_proxy_token(self.config)
 
-    def _warn_if_config_is_public(self):
+    def _check_config_file(self) -> None:
         try:
             mode = os.stat(self.config_file).st_mode
+        except FileNotFoundError:
+            self.log.warning(
+                "There is no config file %s: running with the defaults "
+                "(slurm-gateway generate-config -o %s writes one to edit).",
+                self.config_file,
+                self.config_file,
+            )
+            return
         except OSError:
             return
         if mode & stat.S_IROTH:

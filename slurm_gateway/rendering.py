@@ -20,8 +20,6 @@ from pathlib import Path
 import jinja2
 
 BUILTIN_TEMPLATES = Path(__file__).parent / "templates"
-if not BUILTIN_TEMPLATES.is_dir():  # running from a source checkout
-    BUILTIN_TEMPLATES = Path(__file__).parent.parent / "templates"
 
 
 class ShellSafe(str):
