@@ -25,6 +25,7 @@ from traitlets.config import Config
 from . import __version__
 from .backend import SlurmBackend
 from .cluster_config import SlurmClusterConfig
+from .settings import SlurmBackendSettings
 from .state import read_or_create_secret
 from .transport import LocalSudoRunner
 
@@ -234,6 +235,13 @@ class SlurmGateway(DaskGateway):
             JupyterHubAuthenticator,
             KerberosAuthenticator,
         ]
+
+    def _classes_with_config_traits(self, classes=None):
+        # SlurmBackendSettings only declares SlurmBackend's options (settings.py): without
+        # it, the generated config documents them in full as c.SlurmBackend.<name>.
+        for cls in super()._classes_with_config_traits(classes):
+            if cls is not SlurmBackendSettings:
+                yield cls
 
     def initialize(self, argv: list[str] | None = None) -> None:
         # Parse the command line only: --generate-config must work without a config file.

@@ -51,7 +51,7 @@ WORKER_COLUMNS = {
 }
 #: What the overrides use of the base class and its ``DataManager``.
 USED_ATTRIBUTES = {
-    DBBackendBase: ["worker_start_failure_limit", "cluster_heartbeat_timeout", "queue"],
+    DBBackendBase: ["worker_start_failure_limit", "cluster_heartbeat_timeout", "setup"],
     DataManager: ["active_clusters", "update_clusters", "update_workers", "list_clusters"],
 }
 
@@ -104,7 +104,7 @@ def create_workers(data: DataManager, cluster, count: int) -> list[Worker]:
 class StockOverrides:
     """The backend's overrides of ``DBBackendBase`` internals (see the module docstring).
     The backend provides ``allowed_worker_count``, ``job_info``, ``start_policy`` and
-    ``record_worker_failure``."""
+    ``record_worker_start_timeout``."""
 
     async def on_cluster_heartbeat(self, cluster_name, msg):
         # The heartbeat carries the number of workers the scheduler wants (scale, adapt).

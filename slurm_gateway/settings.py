@@ -293,7 +293,7 @@ class SlurmBackendSettings(DBBackendBase):
 
     @default("worker_start_timeout")
     def _default_worker_start_timeout(self):
-        return 120.0  # counted from when the worker's job starts RUNNING, see _check_timeouts
+        return 120.0  # counted from when the worker's job starts RUNNING (dgs_compat)
 
     @default("check_timeouts_period")
     def _default_check_timeouts_period(self):

@@ -125,3 +125,12 @@ def test_the_gateway_warns_when_its_config_file_is_missing(tmp_path, caplog):
         app._check_config_file()
     assert "no config file" in caplog.text
     assert "generate-config" in caplog.text
+
+
+def test_generate_config_names_backend_options_as_admins_set_them():
+    # The options are declared in settings.py's SlurmBackendSettings; admins set them as
+    # c.SlurmBackend.<name>, and the generated file must say so with their full help.
+    out = _cli("generate-config")
+    assert "c.SlurmBackendSettings." not in out.stdout
+    section = out.stdout.split("# SlurmBackend(", 1)[1]
+    assert "## Seconds between polls of SLURM." in section.split("# c.SlurmBackend.slurm_poll")[0]
