@@ -12,10 +12,13 @@ import os
 import pwd
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
+from typing import Any
 
 from aiohttp import web
 from dask_gateway_server import __version__ as dask_gateway_server_version
 from dask_gateway_server.backends.base import PublicException
+from dask_gateway_server.backends.db_base import Cluster
+from dask_gateway_server.models import User
 
 from .as_user import UserError, one_line
 from .identity import user_problem
@@ -44,6 +47,11 @@ def admitted_max_workers(
     return own
 
 
+def is_worker_count(value: object) -> bool:
+    """Whether a heartbeat's ``count`` is a worker count (a non-negative int)."""
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+
+
 def capped_worker_count(
     limits: UserLimits,
     others: Sequence[tuple[Mapping, int]],
@@ -54,7 +62,7 @@ def capped_worker_count(
     """The worker count a scheduler's heartbeat may set: ``requested`` if it is a count
     (else the ``current`` one is kept: the user's own scheduler sent it), cut to what the
     user's limits leave beside her ``others`` clusters."""
-    if not isinstance(requested, int) or isinstance(requested, bool) or requested < 0:
+    if not is_worker_count(requested):
         requested = current
     most = workers_allowed(limits, others, config)
     return requested if most is None else min(requested, most)
@@ -111,7 +119,7 @@ class ClusterAdmission:
     created only once everything above holds. The backend provides ``user_policy``,
     ``limits``, ``admissions`` and ``as_user``."""
 
-    async def process_cluster_options(self, user, request):
+    async def process_cluster_options(self, user: User, request: dict) -> tuple[dict, Any]:
         """Check the resulting config whatever options the admin defined (see
         user_options.py): paths and variables are checked, nothing is run."""
         options, config = await super().process_cluster_options(user, request)
@@ -126,7 +134,7 @@ class ClusterAdmission:
             self.log.info("Not forwarding env %s for user %s", sorted(dropped), user.name)
         return options, config
 
-    async def start_cluster(self, user, cluster_options):
+    async def start_cluster(self, user: User, cluster_options: dict) -> str:
         """As the stock method, checked cheapest first: who the user is, the options, her
         limits (counting clusters still being checked), how many of her requests are being
         checked, and only then, as the user, her log directory and job environment."""
@@ -144,7 +152,8 @@ class ClusterAdmission:
             )
         except ValueError as exc:
             raise PublicException(str(exc)) from None
-        with self.admissions.reservation(username, config.to_dict()):  # no await since
+        # Reserved with no await since the limits were checked: no other request between.
+        with self.admissions.reservation(username, config.to_dict()):
             try:
                 with self.admissions.checking(username):
                     await self._check_as_user(username, config)
@@ -155,7 +164,7 @@ class ClusterAdmission:
         self.queue.put(cluster)
         return cluster.name
 
-    async def _check_as_user(self, username: str, config) -> None:
+    async def _check_as_user(self, username: str, config: Any) -> None:
         """Her log directory (if it exists) cannot be redirected, and her job environment
         is usable: a bad request fails here in seconds, before anything is submitted."""
         path = user_log_directory(config.log_directory, username)
@@ -170,7 +179,7 @@ class ClusterAdmission:
             except UserError as exc:
                 raise PublicException(str(exc)) from None
 
-    def allowed_worker_count(self, cluster, requested: object) -> int:
+    def allowed_worker_count(self, cluster: Cluster, requested: object) -> int:
         """The worker count a cluster's heartbeat may set (see dgs_compat)."""
         others = [
             (c.config, c.count)

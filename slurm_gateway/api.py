@@ -18,6 +18,7 @@ from aiohttp import web
 from .user_options import request_body_problem
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+Middleware = Callable[[web.Request, Handler], Awaitable[web.StreamResponse]]
 
 
 def request_action(method: str, path: str, has_cluster_name: bool) -> str | None:
@@ -47,7 +48,7 @@ async def request_body_middleware(request: web.Request, handler: Handler) -> web
     return await handler(request)
 
 
-def failure_reason_middleware(failure_of: Callable[[str], str | None]):
+def failure_reason_middleware(failure_of: Callable[[str], str | None]) -> Middleware:
     """A middleware answering a client's ``wait`` for a failed cluster with 409 and
     ``failure_of(name)``, the cluster's recorded failure (None: it has not failed)."""
 

@@ -16,9 +16,11 @@ import os
 import pwd
 import secrets
 import time
+from collections.abc import AsyncIterator
 from pathlib import Path
 
-from dask_gateway_server.backends.db_base import JobStatus
+from aiohttp import web
+from dask_gateway_server.backends.db_base import Cluster, JobStatus, Worker
 from dask_gateway_server.models import ClusterStatus
 
 from .admission import Admissions, ClusterAdmission
@@ -35,7 +37,6 @@ from .lifecycle import (
     is_alive,
     start_failure,
     with_last_log_line,
-    worker_start_failure,
 )
 from .ownership import JobOwners, OrphanSweep, Owner
 from .rendering import template_environment
@@ -67,14 +68,14 @@ class SlurmBackend(ClusterAdmission, StockOverrides, SlurmBackendSettings):
 
     # -- setup ---------------------------------------------------------------------------
 
-    async def setup(self, app):
+    async def setup(self, app: web.Application) -> None:
         # Before the stock setup opens (and maybe creates) the database in it.
         ensure_private_directory(Path(self.state_directory))
         app.middlewares.append(failure_reason_middleware(self._recorded_failure))
         app.middlewares.append(request_body_middleware)
         await super().setup(app)
 
-    async def do_setup(self):
+    async def do_setup(self) -> None:
         # The site's cluster settings are checked now, not at the first user's request.
         self.cluster_config_class(parent=self)
         self.runner = self.runner_class(parent=self, log=self.log)
@@ -130,7 +131,7 @@ class SlurmBackend(ClusterAdmission, StockOverrides, SlurmBackendSettings):
             squeue=self.squeue,
             job_names=self.job_names,
             marker=self.job_marker,
-            may_be_ours=self._may_have_clusters,
+            may_be_ours=self._may_start_clusters,
             min_age=self.orphan_min_age,
             log=self.log,
         )
@@ -180,12 +181,12 @@ class SlurmBackend(ClusterAdmission, StockOverrides, SlurmBackendSettings):
         self.tracker.forget(job_ids)
         self.owners.remove(job_ids)
 
-    def job_info(self, obj) -> JobInfo | None:
+    def job_info(self, obj: Cluster | Worker) -> JobInfo | None:
         """What SLURM last said about a cluster's scheduler job or a worker's job."""
         job_id = obj.state.get("job_id")
         return self.tracker.get(job_id) if job_id else None
 
-    def _may_have_clusters(self, username: str) -> bool:
+    def _may_start_clusters(self, username: str) -> bool:
         return user_problem(username, self.user_policy, service_uid=os.getuid()) is None
 
     # -- watching SLURM ----------------------------------------------------------------------
@@ -230,17 +231,17 @@ class SlurmBackend(ClusterAdmission, StockOverrides, SlurmBackendSettings):
             sorted({c.username for c in self.db.list_clusters(statuses=statuses)})
         )
 
-    async def do_check_clusters(self, clusters):
+    async def do_check_clusters(self, clusters: list[Cluster]) -> list[bool]:
         return [is_alive(self.job_info(c)) for c in clusters]
 
-    async def do_check_workers(self, workers):
+    async def do_check_workers(self, workers: list[Worker]) -> list[bool]:
         # Jobs that ended through no fault of their own are replaced by _poll_slurm instead,
         # so that they do not count against the cluster's failure limit.
         return [is_alive(self.job_info(w)) for w in workers]
 
     # -- clusters --------------------------------------------------------------------------
 
-    async def do_start_cluster(self, cluster):
+    async def do_start_cluster(self, cluster: Cluster) -> AsyncIterator[dict]:
         # Named by start time and chance, not by the cluster: a cluster's name is the key
         # to its dashboard, and stays out of every path (a log path shows in error messages,
         # `ps` and, where a site's template puts it there, in `scontrol show job`).
@@ -266,7 +267,7 @@ class SlurmBackend(ClusterAdmission, StockOverrides, SlurmBackendSettings):
         )
         yield {**state, "job_id": job_id}
 
-    async def do_stop_cluster(self, cluster):
+    async def do_stop_cluster(self, cluster: Cluster) -> None:
         job_ids = [
             w.state["job_id"]
             for w in cluster.workers.values()
@@ -315,7 +316,7 @@ class SlurmBackend(ClusterAdmission, StockOverrides, SlurmBackendSettings):
 
     # -- workers ---------------------------------------------------------------------------
 
-    async def do_start_worker(self, worker):
+    async def do_start_worker(self, worker: Worker) -> AsyncIterator[dict]:
         # Workers started together (scale(n), adaptive growth) leave as one job array.
         job_id = await self._worker_submissions.add(worker.cluster.name, worker)
         yield {"job_id": job_id}
@@ -360,7 +361,7 @@ class SlurmBackend(ClusterAdmission, StockOverrides, SlurmBackendSettings):
             self.log.info("Cancelling job %s of an abandoned worker start", job_id)
             self.task_pool.spawn(self._cancellations.add(cluster.username, job_id))
 
-    async def do_stop_worker(self, worker):
+    async def do_stop_worker(self, worker: Worker) -> None:
         job_id = worker.state.get("job_id")
         if not job_id:
             return
@@ -372,17 +373,12 @@ class SlurmBackend(ClusterAdmission, StockOverrides, SlurmBackendSettings):
         finally:
             self._forget([job_id])
 
-    def record_worker_failure(self, cluster, text: str):
+    def record_worker_failure(self, cluster: Cluster, text: str) -> None:
         """Keep a worker's failure as the cluster's latest (shown if the cluster fails)."""
         self.log.warning("Cluster %s: %s", cluster.name, text)
         self._record(cluster, last_worker_failure=text)
 
-    def record_worker_start_timeout(self, cluster, job: JobInfo):
-        """A worker whose job runs did not connect in time (see dgs_compat)."""
-        self.record_worker_failure(cluster, worker_start_failure(job, self.worker_start_timeout))
-        cluster.worker_start_failure_count += 1
-
-    # -- job scripts -----------------------------------------------------------------------
+    # -- submitting -------------------------------------------------------------------------
 
     async def _submit(self, cluster, script: str, tasks: int = 1) -> list[str]:
         user_directory = user_log_directory(cluster.config["log_directory"], cluster.username)

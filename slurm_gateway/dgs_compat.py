@@ -22,11 +22,23 @@ import inspect
 import time
 import uuid
 
-from dask_gateway_server.backends.db_base import DataManager, DBBackendBase, JobStatus, Worker
+from dask_gateway_server.backends.db_base import (
+    Cluster,
+    DataManager,
+    DBBackendBase,
+    JobStatus,
+    Worker,
+)
 from dask_gateway_server.backends.db_base import workers as workers_table
 from dask_gateway_server.utils import timestamp
 
-from .lifecycle import heartbeat_overdue, scheduler_timed_out, worker_start_timed_out
+from .admission import is_worker_count
+from .lifecycle import (
+    heartbeat_overdue,
+    scheduler_timed_out,
+    worker_start_failure,
+    worker_start_timed_out,
+)
 
 # Worker records created in one database transaction (then a yield to the event loop).
 WORKERS_PER_TRANSACTION = 100
@@ -51,7 +63,12 @@ WORKER_COLUMNS = {
 }
 #: What the overrides use of the base class and its ``DataManager``.
 USED_ATTRIBUTES = {
-    DBBackendBase: ["worker_start_failure_limit", "cluster_heartbeat_timeout", "setup"],
+    # _db_encrypt_keys_default: the stock default, which settings.py falls back to.
+    DBBackendBase: [
+        "worker_start_failure_limit",
+        "cluster_heartbeat_timeout",
+        "_db_encrypt_keys_default",
+    ],
     DataManager: ["active_clusters", "update_clusters", "update_workers", "list_clusters"],
 }
 
@@ -78,7 +95,7 @@ def internals_problems() -> list[str]:
     return problems
 
 
-def create_workers(data: DataManager, cluster, count: int) -> list[Worker]:
+def create_workers(data: DataManager, cluster: Cluster, count: int) -> list[Worker]:
     """``count`` new workers of a cluster, as ``DataManager.create_worker`` makes them, in
     one transaction."""
     created = []
@@ -104,24 +121,30 @@ def create_workers(data: DataManager, cluster, count: int) -> list[Worker]:
 class StockOverrides:
     """The backend's overrides of ``DBBackendBase`` internals (see the module docstring).
     The backend provides ``allowed_worker_count``, ``job_info``, ``start_policy`` and
-    ``record_worker_start_timeout``."""
+    ``record_worker_failure``."""
 
-    async def on_cluster_heartbeat(self, cluster_name, msg):
+    async def on_cluster_heartbeat(self, cluster_name: str, msg: dict) -> None:
         # The heartbeat carries the number of workers the scheduler wants (scale, adapt).
+        # Only an int reaches the stock code: the user's own scheduler sends the message.
         cluster = self.db.get_cluster(cluster_name)
         if cluster is not None:
-            count = self.allowed_worker_count(cluster, msg.get("count"))
-            if count != msg.get("count"):
+            requested = msg.get("count")
+            count = self.allowed_worker_count(cluster, requested)
+            if not is_worker_count(requested):
+                self.log.warning(
+                    "Cluster %s sent a bad worker count %.100r", cluster_name, requested
+                )
+            elif count < requested:
                 self.log.info(
-                    "Cluster %s asked for %.100r workers; it gets %d (the user's limits)",
+                    "Cluster %s asked for %d workers; the user's limits leave %d",
                     cluster_name,
-                    msg.get("count"),
+                    requested,
                     count,
                 )
-                msg = {**msg, "count": count}
+            msg = {**msg, "count": count}
         await super().on_cluster_heartbeat(cluster_name, msg)
 
-    async def _check_cluster_scale(self, cluster):
+    async def _check_cluster_scale(self, cluster: Cluster) -> None:
         if cluster.worker_start_failure_count >= self.worker_start_failure_limit:
             return await super()._check_cluster_scale(cluster)
         while cluster.target == JobStatus.RUNNING:
@@ -134,7 +157,7 @@ class StockOverrides:
                 self.queue.put(worker)
             await asyncio.sleep(0)
 
-    async def _check_timeouts(self):
+    async def _check_timeouts(self) -> None:
         # A scheduler's start timeout counts from the cluster's creation (so that users
         # hear within minutes) or, with queue_aware_start, from its job's start.
         now = time.time()
@@ -155,7 +178,9 @@ class StockOverrides:
                     if worker.status == JobStatus.SUBMITTED and worker.target == JobStatus.RUNNING:
                         job = self.job_info(worker)
                         if worker_start_timed_out(policy, now, job):
-                            self.record_worker_start_timeout(cluster, job)
+                            failure = worker_start_failure(job, policy.worker_start_timeout)
+                            self.record_worker_failure(cluster, failure)
+                            cluster.worker_start_failure_count += 1
                             worker_updates.append((worker, {"target": JobStatus.FAILED}))
         self.db.update_clusters(cluster_updates)
         self.db.update_workers(worker_updates)

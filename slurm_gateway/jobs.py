@@ -59,14 +59,14 @@ class JobControl:
         self.stopping: set[str] = set()
 
     async def submit(
-        self, username: str, uid: int, script: str, log_directory: str, tasks: int = 1
+        self, username: str, uid: int, script: str, user_directory: str, tasks: int = 1
     ) -> list[str]:
         """Submit a job (or a job array of ``tasks`` tasks) as the user; return the job ids.
 
-        Before each submission the user's log directory is checked again: the job's output
-        must go where nobody else can redirect it. While slurmctld does not answer, retry
-        for ``retry_timeout`` seconds."""
-        problem = directory_problem(log_directory, uid)
+        Before each submission the user's log directory (``user_directory``) is checked
+        again: the job's output must go where nobody else can redirect it. While slurmctld
+        does not answer, retry for ``retry_timeout`` seconds."""
+        problem = directory_problem(user_directory, uid)
         if problem:
             raise UserError(f"nothing was submitted: {problem}")
         deadline = time.monotonic() + self.retry_timeout

@@ -14,6 +14,7 @@ import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
+from dask_gateway_server.backends.db_base import Cluster, Worker
 from jinja2 import Environment
 
 from .rendering import render_job_script
@@ -169,7 +170,11 @@ class JobScripts:
     walltime_margin: float
 
     def scheduler(
-        self, cluster, log_directory: str, command: list[str], environment: Mapping[str, str]
+        self,
+        cluster: Cluster,
+        log_directory: str,
+        command: list[str],
+        environment: Mapping[str, str],
     ) -> str:
         """The scheduler job's script."""
         walltime = cluster.config["walltime"]
@@ -177,9 +182,9 @@ class JobScripts:
 
     def workers(
         self,
-        cluster,
+        cluster: Cluster,
         log_directory: str,
-        workers: Sequence,
+        workers: Sequence[Worker],
         nthreads_memory: tuple[str, str],
         environment: Mapping[str, str],
         now: float,
@@ -206,7 +211,7 @@ class JobScripts:
 
     def _render(
         self,
-        cluster,
+        cluster: Cluster,
         role: str,
         log_directory: str,
         command: list[str],

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from dask_gateway_server.backends.db_base import Cluster
+
 from .slurm import NOT_THE_JOBS_FAULT, TIMEOUT, JobInfo, describe_job
 
 
@@ -46,7 +48,7 @@ class ClusterFacts:
     last_worker_failure: str = ""
 
     @classmethod
-    def of(cls, cluster, worker_failure_limit: int) -> ClusterFacts:
+    def of(cls, cluster: Cluster, worker_failure_limit: int) -> ClusterFacts:
         """The facts of dask-gateway-server's record of a cluster."""
         return cls(
             name=cluster.name,
@@ -116,7 +118,9 @@ def cluster_failure(
     if not cluster.job_id:
         return f"Cluster {cluster.name} failed before its scheduler job was submitted", None
     facts = describe_job("scheduler", job)
-    log_file = scheduler_log(cluster.log_directory, cluster.job_id)
+    log_file = (
+        scheduler_log(cluster.log_directory, cluster.job_id) if cluster.log_directory else None
+    )
     if job.is_terminal:
         why = facts
         if job.state == TIMEOUT:
@@ -140,9 +144,12 @@ def cluster_failure(
             f"{cluster.worker_start_failures} workers in a row failed to start, last: "
             f"{cluster.last_worker_failure or 'no details'}"
         )
-        return f"Cluster {cluster.name} failed: {why}. Logs: {cluster.log_directory}", None
+        logs = f". Logs: {cluster.log_directory}" if cluster.log_directory else ""
+        return f"Cluster {cluster.name} failed: {why}{logs}", None
     else:
         why = f"the scheduler stopped sending heartbeats: {facts}; the job was cancelled"
+    if log_file is None:
+        return f"Cluster {cluster.name} failed: {why}", None
     return f"Cluster {cluster.name} failed: {why}. Log: {log_file}", log_file
 
 

@@ -21,8 +21,8 @@ from .user_options import DEFAULT_ENVIRONMENT_DENY, default_options
 
 
 class SlurmBackendSettings(DBBackendBase):
-    """The options of :class:`~slurm_gateway.backend.SlurmBackend` (documented under its name:
-    this class is where they are declared, not a configurable of its own)."""
+    """The options of :class:`~slurm_gateway.backend.SlurmBackend`, declared here and set as
+    ``c.SlurmBackend.<name>`` (``slurm-gateway generate-config`` documents them there)."""
 
     cluster_config_class = Type(
         "slurm_gateway.cluster_config.SlurmClusterConfig",
@@ -311,7 +311,7 @@ class SlurmBackendSettings(DBBackendBase):
 
     # The base class passes this to dask for --host and the dashboard/api addresses.
     @property
-    def default_host(self):
+    def default_host(self) -> str:
         return self.listen_host or "0.0.0.0"
 
     @property

@@ -256,3 +256,16 @@ def test_worker_start_failure_says_the_job_ran_but_never_connected():
 
 def test_scheduler_log_path():
     assert scheduler_log(LOGS, "42") == f"{LOGS}/scheduler-42.log"
+
+
+def test_a_cluster_without_a_log_directory_names_no_log():
+    # A record from before log directories (or a hand-edited one): no made-up path.
+    facts = replace(CLUSTER, log_directory="", scheduler_started=True)
+    failed = JobInfo("42", state="FAILED", exit_code="1:0")
+    message, log_file = cluster_failure(facts, failed, DEFAULT)
+    assert log_file is None
+    assert "Log" not in message and "/scheduler-42.log" not in message
+    assert "42" in message and "FAILED" in message
+    workers = replace(facts, worker_start_failures=3, last_worker_failure="worker job 43 FAILED")
+    message, log_file = cluster_failure(workers, RUNNING, DEFAULT)
+    assert log_file is None and message.endswith("last: worker job 43 FAILED")

@@ -1,0 +1,241 @@
+"""Job specs: walltimes, worker lifetimes and commands, environments, #SBATCH values, and
+the scripts rendered from them with the built-in templates."""
+
+import subprocess
+from types import SimpleNamespace
+
+import pytest
+
+from slurm_gateway import jobspec
+from slurm_gateway.cluster_config import SlurmClusterConfig
+from slurm_gateway.jobspec import (
+    JobScripts,
+    job_directives,
+    lifetime_args,
+    split_environment,
+    template_context,
+    worker_command,
+    worker_seconds,
+)
+from slurm_gateway.rendering import template_environment
+
+NOW = 1_800_000_000.0
+HOUR = 3600.0
+MARKER = "slurm-gateway:site1"
+
+
+@pytest.mark.parametrize(
+    ("walltime", "worker_walltime", "age", "expected"),
+    [
+        ("1-00:00:00", "", 23.5 * HOUR, 1800),  # the cluster's, cut to what is left
+        ("1-00:00:00", "", 0, 86400),
+        ("1-00:00:00", "02:00:00", 0, 7200),  # the worker's own, shorter
+        ("1-00:00:00", "02:00:00", 23 * HOUR, 3600),  # own, but cut to the cluster's life
+        ("04:00:00", "1-00:00:00", 0, 4 * HOUR),  # never beyond the cluster's
+        ("90", "", 0, 5400),  # plain minutes
+        ("1-00:00:00", "", 24 * HOUR - 10, 60),  # never under a minute
+        ("1-00:00:00", "", 30 * HOUR, 60),  # even past the cluster's end
+    ],
+)
+def test_worker_seconds(walltime, worker_walltime, age, expected):
+    assert worker_seconds(walltime, worker_walltime, NOW - age, NOW) == expected
+
+
+def test_lifetime_leaves_the_margin_before_the_walltime():
+    assert lifetime_args(3600, 300) == ["--lifetime", "3300s", "--lifetime-stagger", "300s"]
+
+
+def test_lifetime_margin_is_at_most_a_quarter_of_the_walltime():
+    assert lifetime_args(1200, 1000) == ["--lifetime", "900s", "--lifetime-stagger", "300s"]
+
+
+def _worker_command(**kwargs):
+    return worker_command(
+        ["python", "-m", "distributed.cli.dask_worker"],
+        "tls://10.1.2.3:8786",
+        host="10.1.2.3",
+        nthreads="2",
+        memory_limit="4 GiB",
+        seconds=3600,
+        margin=300,
+        **kwargs,
+    )
+
+
+def test_worker_command_reaches_the_scheduler_and_exits_without_it():
+    command = _worker_command()
+    assert command[:4] == ["python", "-m", "distributed.cli.dask_worker", "tls://10.1.2.3:8786"]
+    assert command[command.index("--death-timeout") + 1] == str(jobspec.WORKER_DEATH_TIMEOUT)
+    assert command[command.index("--nthreads") + 1] == "2"
+    assert command[command.index("--memory-limit") + 1] == "4 GiB"
+    assert command[command.index("--dashboard-address") + 1] == "10.1.2.3:0"
+    assert command[command.index("--lifetime") + 1] == "3300s"
+    assert "--host" not in command and "--name" not in command
+
+
+def test_worker_command_listens_on_listen_host_only_when_set():
+    assert _worker_command(listen_host="0.0.0.0")[-2:] == ["--host", "0.0.0.0"]
+
+
+def test_split_environment_gateway_wins():
+    gateway = {"DASK_GATEWAY_API_TOKEN": "secret", "SHARED": "same", "GW": "1"}
+    user = {"DASK_GATEWAY_API_TOKEN": "forged", "SHARED": "same", "MINE": "x"}
+    gateway_only, user_only = split_environment(gateway, user)
+    assert gateway_only == {"DASK_GATEWAY_API_TOKEN": "secret", "GW": "1"}
+    assert user_only == {"SHARED": "same", "MINE": "x"}
+
+
+def _config(**overrides):
+    config = SlurmClusterConfig().to_dict()
+    config.update(overrides)
+    return config
+
+
+def _directives(config, role, tasks=1):
+    return job_directives(
+        config, role, name="n", marker=MARKER, log_directory="/logs", tasks=tasks, walltime="1:00"
+    )
+
+
+@pytest.mark.parametrize(
+    ("scheduler_partition", "expected"), [("", "workers"), ("service", "service")]
+)
+def test_scheduler_partition_falls_back_to_partition(scheduler_partition, expected):
+    config = _config(partition="workers", scheduler_partition=scheduler_partition)
+    assert _directives(config, "scheduler")["partition"] == expected
+    assert _directives(config, "worker")["partition"] == "workers"
+
+
+def test_constraint_and_gres_only_for_workers():
+    config = _config(constraint="skylake", gres="gpu:1", account="proj", qos="low")
+    worker, scheduler = _directives(config, "worker"), _directives(config, "scheduler")
+    assert (worker["constraint"], worker["gres"]) == ("skylake", "gpu:1")
+    assert (scheduler["constraint"], scheduler["gres"]) == ("", "")
+    assert worker["account"] == scheduler["account"] == "proj"
+    assert worker["qos"] == scheduler["qos"] == "low"
+
+
+def test_cores_and_memory_in_mib_rounded_up():
+    config = _config(worker_cores=4, worker_memory=2**30 + 1, scheduler_memory=2**30)
+    worker, scheduler = _directives(config, "worker"), _directives(config, "scheduler")
+    assert (worker["cpus"], worker["memory"]) == (4, "1025M")
+    assert (scheduler["cpus"], scheduler["memory"]) == (1, "1024M")
+
+
+@pytest.mark.parametrize(("tasks", "array"), [(0, ""), (1, ""), (2, "0-1"), (3, "0-2")])
+def test_array_only_for_more_than_one_task(tasks, array):
+    assert _directives(_config(), "worker", tasks)["array"] == array
+
+
+def test_extra_directives_are_the_common_ones_then_the_roles():
+    config = _config(
+        extra_directives=["--exclusive"],
+        scheduler_extra_directives=["--nice=10"],
+        worker_extra_directives=["--mail-type=NONE"],
+    )
+    assert _directives(config, "worker")["extra_directives"] == ["--exclusive", "--mail-type=NONE"]
+    assert _directives(config, "scheduler")["extra_directives"] == ["--exclusive", "--nice=10"]
+    assert config["extra_directives"] == ["--exclusive"]  # the config itself is left as it was
+
+
+def test_template_context_is_the_declared_contract():
+    config = _config(environment={"MINE": "x"}, log_directory="/logs/{username}/")
+    context = template_context(
+        config,
+        "worker",
+        cluster_name="c0ffee",
+        username="alice",
+        job={"name": "n"},
+        command=["dask-worker"],
+        gateway_environment={"GW": "1"},
+        tls=("CERT", "KEY"),
+        worker_names=("w1", "w2"),
+    )
+    assert set(context) == {
+        "role",
+        "cluster_name",
+        "job",
+        "conda_env",
+        "user_environment",
+        "gateway_environment",
+        "tls_cert",
+        "tls_key",
+        "command",
+        "worker_names",
+        "user_log_directory",
+        "log_retention_days",
+    }
+    assert context["user_log_directory"] == "/logs/alice"
+    assert (context["tls_cert"], context["tls_key"]) == ("CERT", "KEY")
+    assert context["worker_names"] == ["w1", "w2"]
+    assert context["user_environment"] == {"MINE": "x"}
+    assert context["gateway_environment"] == {"GW": "1"}
+
+
+def _cluster(**config):
+    return SimpleNamespace(
+        name="c0ffee",
+        username="alice",
+        config=_config(environment={"DASK_GATEWAY_API_TOKEN": "forged", "MINE": "x"}, **config),
+        start_time=(NOW - 23.5 * HOUR) * 1000,  # milliseconds, as dask-gateway-server keeps it
+        scheduler_address="tls://10.1.2.3:8786",
+        tls_cert=b"-----CERT-----",
+        tls_key=b"-----KEY-----",
+    )
+
+
+SCRIPTS = JobScripts(template_environment([""]), "dask-gateway", MARKER, "10.1.2.3", "", 300)
+GATEWAY_ENV = {"DASK_GATEWAY_API_TOKEN": "secret", "MINE": "x"}
+
+
+def _worker_script(cluster, count=3):
+    workers = [SimpleNamespace(name=f"w{i}") for i in range(count)]
+    return SCRIPTS.workers(cluster, "/logs/alice/c1", workers, ("2", "4 GiB"), GATEWAY_ENV, NOW)
+
+
+def _bash_syntax_ok(script):
+    subprocess.run(["bash", "-n"], input=script, text=True, check=True)
+
+
+def test_worker_array_script():
+    script = _worker_script(_cluster(partition="workers", constraint="skylake"))
+    lines = script.splitlines()
+    assert "#SBATCH --array=0-2" in lines
+    assert "#SBATCH --time=0-00:30:00" in lines  # what is left of the cluster's day
+    assert "#SBATCH --job-name=dask-gateway-worker" in lines
+    assert f"#SBATCH --comment={MARKER}" in lines
+    assert "#SBATCH --partition=workers" in lines
+    assert "#SBATCH --constraint=skylake" in lines
+    assert "worker_names=( w0 w1 w2 )" in lines
+    assert "tls://10.1.2.3:8786" in script and "--lifetime 1500s" in script
+    _bash_syntax_ok(script)
+
+
+def test_user_variable_never_overrides_a_gateway_one():
+    script = _worker_script(_cluster())
+    assert "forged" not in script
+    assert script.count("export DASK_GATEWAY_API_TOKEN=secret") == 1
+    assert script.count("export MINE=x") == 1
+    # The gateway's variables are exported after the environment's activation.
+    assert script.index("export DASK_GATEWAY_API_TOKEN=") > script.index("DASK_GATEWAY_ENV=")
+
+
+def test_single_worker_is_not_an_array():
+    script = _worker_script(_cluster(), count=1)
+    assert "--array" not in script
+    assert "worker_names=( w0 )" in script.splitlines()
+
+
+def test_scheduler_script():
+    cluster = _cluster(partition="workers", constraint="skylake", gres="gpu:1")
+    command = ["python", "-m", "distributed.cli.dask_scheduler"]
+    script = SCRIPTS.scheduler(cluster, "/logs/alice/c1", command, GATEWAY_ENV)
+    lines = script.splitlines()
+    assert "#SBATCH --time=1-00:00:00" in lines  # the cluster's whole walltime
+    assert "#SBATCH --job-name=dask-gateway-scheduler" in lines
+    assert f"#SBATCH --comment={MARKER}" in lines
+    assert "#SBATCH --partition=workers" in lines
+    assert "--array" not in script and "--constraint" not in script and "--gres" not in script
+    assert "python -m distributed.cli.dask_scheduler" in lines
+    assert "forged" not in script
+    _bash_syntax_ok(script)
