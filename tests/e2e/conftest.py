@@ -15,46 +15,39 @@ import signal
 import subprocess
 import tempfile
 import textwrap
-import time
-import urllib.request
 from pathlib import Path
 
 import pytest
+
+from harness.gateway import SERVICE_ACCOUNT, GatewayProcess
+from harness.processes import RUNUSER, command_as, run, start_as, stop, user_environment, wait_until
+from harness.slurm import slurm_now, submitted_since, user_jobs
+
+# Names the test modules import from here, besides the fixtures.
+__all__ = [
+    "CLIENT_PRELUDE",
+    "PYTHON",
+    "RUNUSER",
+    "START_TIMEOUT",
+    "USERS",
+    "Gateway",
+    "depot",
+    "jobs_of",
+    "run",
+    "slurm_now",
+    "start_slurm_daemons",
+    "stop_slurm_daemon",
+    "submitted_since",
+    "user_jobs",
+    "wait_until",
+]
 
 REPO = Path(__file__).resolve().parents[2]
 PREFIX = Path("/opt/slurm-gateway")
 PYTHON = str(PREFIX / "venv" / "bin" / "python")
 GATEWAY = str(PREFIX / "venv" / "bin" / "slurm-gateway")
-RUNUSER = "/usr/sbin/runuser"
-SERVICE_ACCOUNT = "slurmgw"
 USERS = ("alice", "bob")
 START_TIMEOUT = 25  # the scheduler start timeout of the test gateway, seconds
-
-
-def run(argv, **kwargs) -> subprocess.CompletedProcess:
-    return subprocess.run(argv, capture_output=True, text=True, timeout=120, **kwargs)
-
-
-def user_jobs(*users: str) -> list[str]:
-    """Lines of squeue for the users' jobs that are still queued or running."""
-    out = run(["squeue", "--noheader", "--user=" + ",".join(users), "--format=%i %u %j %T"])
-    assert out.returncode == 0, out.stderr
-    return [line for line in out.stdout.splitlines() if line.strip()]
-
-
-def slurm_now() -> str:
-    """Now, as SLURM writes times (local time, to the second)."""
-    return time.strftime("%Y-%m-%dT%H:%M:%S")
-
-
-def submitted_since(user: str, since: str) -> list[str]:
-    """Jobs the user submitted at or after ``since`` (a :func:`slurm_now`), per sacct.
-
-    Selected by submit time, as records of earlier jobs may reach sacct late."""
-    out = run(["sacct", "-n", "-X", "-P", "-u", user, "-S", since, "-o", "JobID,Submit"])
-    assert out.returncode == 0, out.stderr
-    rows = [line.split("|") for line in out.stdout.splitlines() if line]
-    return [job_id for job_id, submitted in rows if submitted >= since]
 
 
 def jobs_of(cluster_name: str, role: str, user: str = "alice") -> list[str]:
@@ -85,29 +78,16 @@ def start_slurm_daemons():
     assert out.returncode == 0, out.stderr[-2000:]
 
 
-def wait_until(predicate, timeout: float, interval: float = 0.5):
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value or time.monotonic() > deadline:
-            return value
-        time.sleep(interval)
-
-
-class Gateway:
+class Gateway(GatewayProcess):
     """The gateway process under test."""
 
     def __init__(
         self, workdir: Path, port: int, extra_config: str = "", external_proxy: bool = False
     ):
-        self.workdir = workdir
-        self.proxy = f"127.0.0.1:{port}"
+        super().__init__(workdir, GATEWAY, f"127.0.0.1:{port}")
         self.api = f"127.0.0.1:{port + 1}"
         self.extra_config = textwrap.dedent(extra_config)
-        self.config = workdir / "config.py"
-        self.log = workdir / "gateway.log"
         self.client_config = workdir / "dask"
-        self.proc = None
         # The production layout: the proxy as a service of its own (`slurm-gateway proxy`),
         # so that a gateway restart does not cut users' connections.
         self.external_proxy = external_proxy
@@ -115,7 +95,7 @@ class Gateway:
         self.proxy_proc = None
 
     def write_config(self):
-        self.config.write_text(
+        self.install_config(
             textwrap.dedent(f"""
             c = get_config()
             c.SlurmGateway.address = "{self.api}"
@@ -133,82 +113,26 @@ class Gateway:
             """)
             + self.extra_config
         )
-        # As the README has the admin install it: readable by the service account only.
-        shutil.chown(self.config, "root", SERVICE_ACCOUNT)
-        os.chmod(self.config, 0o640)
 
     def start(self):
         self.write_config()
         self.client_config.mkdir(exist_ok=True)
-        shutil.chown(self.workdir, SERVICE_ACCOUNT)
-        os.chmod(self.workdir, 0o711)
+        self.prepare_workdir()
         os.chmod(self.client_config, 0o755)
-        out = run(
-            [RUNUSER, "-u", SERVICE_ACCOUNT, "--", GATEWAY, "client-config", "-f", str(self.config)]
-        )
+        out = run(command_as(SERVICE_ACCOUNT, [GATEWAY, "client-config", "-f", str(self.config)]))
         assert out.returncode == 0, out.stderr
         (self.client_config / "gateway.yaml").write_text(out.stdout)
         os.chmod(self.client_config / "gateway.yaml", 0o644)
         if self.external_proxy and (self.proxy_proc is None or self.proxy_proc.poll() is not None):
-            self.proxy_proc = _as_service_account(
-                [GATEWAY, "proxy", "-f", str(self.config)], self.proxy_log
+            self.proxy_proc = start_as(
+                SERVICE_ACCOUNT, [GATEWAY, "proxy", "-f", str(self.config)], self.proxy_log
             )
-        self.proc = _as_service_account([GATEWAY, "-f", str(self.config)], self.log)
-        ok = wait_until(self._healthy, 30)
-        assert ok, "gateway did not start:\n" + self.log_tail()
-
-    def _healthy(self) -> bool:
-        try:
-            with urllib.request.urlopen(f"http://{self.proxy}/api/health", timeout=2) as resp:
-                return resp.status == 200
-        except OSError:
-            return False
-
-    def stop(self, sig: int = signal.SIGTERM):
-        """Stop the gateway (an external proxy keeps running)."""
-        _stop(self.proc, sig)
+        super().start()
 
     def close(self):
         """Stop the gateway and its external proxy."""
-        _stop(self.proc, signal.SIGTERM)
-        _stop(self.proxy_proc, signal.SIGTERM)
-
-    def rss(self) -> int:
-        """The gateway process's resident memory, in bytes."""
-        status = Path(f"/proc/{self.proc.pid}/status").read_text()
-        return int(next(line for line in status.splitlines() if line.startswith("VmRSS:"))
-                   .split()[1]) * 1024  # fmt: skip
-
-    def log_tail(self, n: int = 60) -> str:
-        return "\n".join(self.log.read_text(errors="replace").splitlines()[-n:])
-
-
-def _as_service_account(argv: list[str], log_path: Path) -> subprocess.Popen:
-    # Started directly as the service account (not through runuser), so that signals
-    # sent to the process reach the gateway (or proxy) itself.
-    account = pwd.getpwnam(SERVICE_ACCOUNT)
-    log = open(log_path, "ab")
-    os.chmod(log_path, 0o640)
-    return subprocess.Popen(
-        argv,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        cwd="/",
-        user=account.pw_uid,
-        group=account.pw_gid,
-        extra_groups=[],
-        env={"PATH": "/usr/bin:/bin", "HOME": account.pw_dir, "LANG": "C.UTF-8"},
-    )
-
-
-def _stop(proc: subprocess.Popen | None, sig: int):
-    if proc and proc.poll() is None:
-        proc.send_signal(sig)
-        try:
-            proc.wait(30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        self.stop()
+        stop(self.proxy_proc)
 
 
 @pytest.fixture(scope="session")
@@ -274,23 +198,19 @@ def as_user(gateway):
         script = directory / "client.py"
         script.write_text(CLIENT_PRELUDE + textwrap.dedent(code))
         os.chmod(script, 0o644)
-        home = pwd.getpwnam(user).pw_dir
-        environment = {
-            "PATH": "/usr/bin:/bin",
-            "HOME": home,
-            "USER": user,
-            "LOGNAME": user,
-            "DASK_CONFIG": str(via.client_config),
-            "CLIENT_STACKS_AFTER": str(timeout - 10),
+        environment = user_environment(
+            user,
+            DASK_CONFIG=str(via.client_config),
+            CLIENT_STACKS_AFTER=str(timeout - 10),
             **(env or {}),
-        }
+        )
         out = subprocess.run(
-            [RUNUSER, "-u", user, "--", PYTHON, str(script)],
+            command_as(user, [PYTHON, str(script)]),
             capture_output=True,
             text=True,
             timeout=timeout,
             env=environment,
-            cwd=home,
+            cwd=environment["HOME"],
         )
         lines = out.stdout.strip().splitlines()
         if out.returncode != 0 or not lines:
@@ -370,17 +290,7 @@ def alice_env():
     if not (prefix / "bin" / "python").exists():
         shutil.rmtree(prefix, ignore_errors=True)  # half made by an interrupted run
         out = run(
-            [
-                RUNUSER,
-                "-u",
-                "alice",
-                "--",
-                "/usr/bin/python3",
-                "-m",
-                "venv",
-                "--without-pip",
-                str(prefix),
-            ]
+            command_as("alice", ["/usr/bin/python3", "-m", "venv", "--without-pip", str(prefix)])
         )
         assert out.returncode == 0, out.stderr
         default_site = next((PREFIX / "envs" / "default" / "lib").glob("python3*/site-packages"))

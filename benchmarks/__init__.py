@@ -1,0 +1,1 @@
+"""The benchmark orchestrator (``python3 benchmarks/run.py``); see benchmarks/README.md."""

@@ -1,0 +1,93 @@
+"""A dask-gateway server process (ours or the stock one) run as the gateway's service account,
+as an admin installs it: its config readable by that account only, its health checked over
+the proxy's HTTP address."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import urllib.request
+from pathlib import Path
+
+from harness.processes import (
+    HarnessError,
+    descendants,
+    kill_exact,
+    log_tail,
+    start_as,
+    stop,
+    wait_until,
+)
+
+SERVICE_ACCOUNT = "slurmgw"
+
+
+class GatewayProcess:
+    """One gateway server (``server -f config.py``) with its work directory.
+
+    ``proxy`` is the proxy's ``host:port``, where the server answers ``/api/health``.
+    """
+
+    def __init__(self, workdir: Path, server: str | Path, proxy: str, start_timeout: float = 30):
+        self.workdir = workdir
+        self.server = str(server)
+        self.proxy = proxy
+        self.start_timeout = start_timeout
+        self.config = workdir / "config.py"
+        self.log = workdir / "gateway.log"
+        self.proc: subprocess.Popen | None = None
+
+    @property
+    def address(self) -> str:
+        return f"http://{self.proxy}"
+
+    def prepare_workdir(self) -> None:
+        """The work directory belongs to the service account (the state goes there)."""
+        shutil.chown(self.workdir, SERVICE_ACCOUNT)
+        os.chmod(self.workdir, 0o711)
+
+    def install_config(self, text: str) -> None:
+        """Write the config, readable by the service account only (root:slurmgw 0640)."""
+        self.config.write_text(text)
+        shutil.chown(self.config, "root", SERVICE_ACCOUNT)
+        os.chmod(self.config, 0o640)
+
+    def start(self) -> None:
+        """Start the server as the service account; return once it is healthy."""
+        self.proc = start_as(SERVICE_ACCOUNT, [self.server, "-f", str(self.config)], self.log)
+        wait_until(lambda: self.proc.poll() is not None or self.healthy(), self.start_timeout)
+        if not self.healthy():
+            raise HarnessError(f"gateway {self.workdir} did not start:\n{self.log_tail()}")
+
+    def healthy(self) -> bool:
+        try:
+            with urllib.request.urlopen(f"{self.address}/api/health", timeout=2) as resp:
+                return resp.status == 200
+        except OSError:
+            return False
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 30) -> None:
+        """Stop the server (SIGKILL after ``timeout`` seconds) and what it left running: its
+        process group and its descendants (its proxy has a process group of its own)."""
+        if self.proc is None:
+            return
+        processes = descendants(self.proc.pid)  # before they are orphaned
+        stop(self.proc, sig, timeout)
+        kill_exact(processes)
+
+    def pids(self) -> set[int]:
+        """The server's processes (it and its descendants), while it runs."""
+        if self.proc is None or self.proc.poll() is not None:
+            return set()
+        return set(descendants(self.proc.pid))
+
+    def rss(self) -> int:
+        """The server process's resident memory, in bytes."""
+        status = Path(f"/proc/{self.proc.pid}/status").read_text()
+        line = next(line for line in status.splitlines() if line.startswith("VmRSS:"))
+        return int(line.split()[1]) * 1024
+
+    def log_tail(self, lines: int = 60) -> str:
+        return log_tail(self.log, lines)

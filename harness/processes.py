@@ -1,0 +1,158 @@
+"""Commands and processes: run a command, wait for a condition, start a process as another
+Unix account (in a process group of its own, output to a log file) and stop it again."""
+
+from __future__ import annotations
+
+import os
+import pwd
+import signal
+import subprocess
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import TypeVar
+
+RUNUSER = "/usr/sbin/runuser"
+PATH = "/usr/bin:/bin"
+
+T = TypeVar("T")
+
+
+class HarnessError(RuntimeError):
+    """A command or process of the harness did not do what it must."""
+
+
+def run(argv: list[str], timeout: float = 120, **kwargs) -> subprocess.CompletedProcess:
+    """Run a command to its end; its output is captured as text."""
+    return subprocess.run(argv, capture_output=True, text=True, timeout=timeout, **kwargs)
+
+
+def wait_until(predicate: Callable[[], T], timeout: float, interval: float = 0.5) -> T:
+    """Call ``predicate`` until it returns something true or ``timeout`` seconds have passed;
+    return its last value."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value or time.monotonic() > deadline:
+            return value
+        time.sleep(interval)
+
+
+def command_as(user: str, argv: list[str]) -> list[str]:
+    """The command line that runs ``argv`` as ``user`` (through runuser, from root)."""
+    return [RUNUSER, "-u", user, "--", *argv]
+
+
+def user_environment(user: str, **extra: str) -> dict[str, str]:
+    """A clean environment for a process of ``user``: the system PATH, its home, its name."""
+    return {
+        "PATH": PATH,
+        "HOME": pwd.getpwnam(user).pw_dir,
+        "USER": user,
+        "LOGNAME": user,
+        "LANG": "C.UTF-8",
+        **extra,
+    }
+
+
+def start_as(account: str, argv: list[str], log_path: Path) -> subprocess.Popen:
+    """Start ``argv`` as ``account`` in a process group of its own, its output appended to
+    ``log_path`` (mode 0640).
+
+    Started directly as the account (not through runuser), without its supplementary groups,
+    so that signals sent to the process reach the program itself."""
+    entry = pwd.getpwnam(account)
+    with open(log_path, "ab") as log:
+        os.chmod(log_path, 0o640)
+        return subprocess.Popen(
+            argv,
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            cwd="/",
+            user=entry.pw_uid,
+            group=entry.pw_gid,
+            extra_groups=[],
+            env=user_environment(account),
+            start_new_session=True,
+        )
+
+
+def all_pids() -> list[int]:
+    """The ids of all processes."""
+    return [int(entry) for entry in os.listdir("/proc") if entry.isdigit()]
+
+
+def _parents_and_start_times() -> dict[int, tuple[int, int]]:
+    """pid -> (parent pid, start time) of every process."""
+    table = {}
+    for pid in all_pids():
+        try:
+            stat = Path(f"/proc/{pid}/stat").read_text()
+        except OSError:
+            continue
+        fields = stat.rsplit(")", 1)[1].split()
+        table[pid] = (int(fields[1]), int(fields[19]))
+    return table
+
+
+def descendants(pid: int) -> dict[int, int]:
+    """The process ``pid`` and all its descendants (also those in other process groups, such
+    as a gateway's proxy): pid -> start time."""
+    table = _parents_and_start_times()
+    found = {pid: table[pid][1]} if pid in table else {}
+    grew = True
+    while grew:
+        grew = False
+        for child, (parent, start) in table.items():
+            if parent in found and child not in found:
+                found[child] = start
+                grew = True
+    return found
+
+
+def kill_exact(processes: dict[int, int]) -> None:
+    """SIGKILL those of ``processes`` (pid -> start time, from :func:`descendants`) that still
+    run, recognised by their start time (a pid may have been reused)."""
+    table = _parents_and_start_times()
+    for pid, start in processes.items():
+        if pid in table and table[pid][1] == start:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+
+
+def stop(proc: subprocess.Popen | None, sig: int = signal.SIGTERM, timeout: float = 30) -> None:
+    """Stop a process started by :func:`start_as` with ``sig`` (SIGKILL after ``timeout``
+    seconds), then kill whatever of its process group is left."""
+    if proc is None:
+        return
+    if proc.poll() is None:
+        proc.send_signal(sig)
+        try:
+            proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+
+
+def log_tail(path: Path, lines: int = 60) -> str:
+    """The last ``lines`` lines of a log file ("" if it cannot be read)."""
+    try:
+        text = path.read_text(errors="replace")
+    except OSError:
+        return ""
+    return "\n".join(text.splitlines()[-lines:])
+
+
+def cmdline(pid: int) -> str:
+    """The command line of process ``pid`` ("" if it is gone)."""
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode().strip()
+    except OSError:
+        return ""
