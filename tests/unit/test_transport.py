@@ -18,9 +18,19 @@ def _run(runner, argv, **kwargs):
     return asyncio.run(runner.run(argv, **kwargs))
 
 
-def _group_alive(pgid):
-    """Whether a process of the group ``pgid`` still runs (zombies do not count: here the
-    init process may be slow to reap orphans)."""
+def _group_alive(pgid, within=2.0):
+    """Whether a process of the group ``pgid`` still runs ``within`` seconds after being
+    killed (SIGKILL is delivered asynchronously; zombies do not count: here the init
+    process may be slow to reap orphans)."""
+    deadline = time.monotonic() + within
+    while _group_running(pgid):
+        if time.monotonic() > deadline:
+            return True
+        time.sleep(0.05)
+    return False
+
+
+def _group_running(pgid):
     for stat in glob.glob("/proc/[0-9]*/stat"):
         try:
             with open(stat) as f:
