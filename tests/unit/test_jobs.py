@@ -104,7 +104,8 @@ def test_unreachable_slurm_gives_up_after_the_retry_timeout(logs):
     runner = FakeRunner((1, "", UNREACHABLE))
     started = time.monotonic()
     with pytest.raises(SlurmError, match="SLURM unavailable") as error:
-        _submit(_control(runner, retry_timeout=0.2), logs)
+        submit = _control(runner, retry_timeout=0.2).submit("alice", os.getuid(), "x", logs)
+        asyncio.run(asyncio.wait_for(submit, 5))  # fails, rather than hangs, if it never ends
     elapsed = time.monotonic() - started
     assert "Unable to contact slurm controller" in str(error.value)
     assert 0.15 <= elapsed < 1.0  # waited about retry_timeout, no longer
