@@ -44,7 +44,11 @@ def ensure_user() -> None:
         if out.returncode != 0:
             raise BenchError(f"useradd {USER}: {out.stderr.strip()}") from None
     if USER not in grp.getgrnam(USER_GROUP).gr_mem:
-        raise BenchError(f"{USER} must be in group {USER_GROUP} (the gateway's sudo rule)")
+        # e.g. the group was made anew by dev-cluster.sh after a purge
+        log(f"adding user {USER} to group {USER_GROUP}")
+        out = run(["usermod", "-a", "-G", USER_GROUP, USER])
+        if out.returncode != 0:
+            raise BenchError(f"usermod {USER}: {out.stderr.strip()}") from None
 
 
 def ensure_bench_venv() -> None:

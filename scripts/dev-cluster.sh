@@ -6,7 +6,7 @@
 #   scripts/dev-cluster.sh up              bring everything up on this host (idempotent)
 #   scripts/dev-cluster.sh down            stop the daemons this script started
 #   scripts/dev-cluster.sh purge           back to a fresh machine: stop all daemons, remove the
-#                                          users, groups, sudo rule, Slurm/munge/MariaDB config,
+#                                          users (the benchmark's carol too), groups, sudo rules, Slurm/munge/MariaDB config,
 #                                          state and logs, the gateway's files, test leftovers
 #                                          (Debian packages stay installed)
 #   scripts/dev-cluster.sh status          sinfo + which daemons are up
@@ -91,6 +91,10 @@ DASK_USERS=(alice bob)
 OTHER_USERS=(mallory)
 # Users tests/e2e/test_load.py creates (in $DASK_GROUP); "purge" removes them.
 LOAD_USERS=(load{01..20})
+# The user benchmarks/run.py creates (in $DASK_GROUP) with its sudo rule for the stock
+# backend; "purge" removes them.
+BENCH_USERS=(carol)
+BENCH_SUDOERS_FILE=/etc/sudoers.d/slurm-gateway-bench
 SERVICE_USER=slurmgw
 SERVICE_HOME=/var/lib/slurm-gateway
 SLURM_ACCOUNT=dask
@@ -941,7 +945,7 @@ purge_user() {
 
 cmd_purge() {
     local u users uids=() cg d
-    users=("${DASK_USERS[@]}" "${OTHER_USERS[@]}" "${LOAD_USERS[@]}" "$SERVICE_USER")
+    users=("${DASK_USERS[@]}" "${OTHER_USERS[@]}" "${LOAD_USERS[@]}" "${BENCH_USERS[@]}" "$SERVICE_USER")
     PURGED=0
     # 1. Processes: the gateway, the users' processes and their jobs (slurmstepd);
     #    then the daemons this script started, in order; then any such daemon left.
@@ -972,7 +976,7 @@ cmd_purge() {
     # 3. Files: the sudo rule; the gateway's, the demo's and the tests'; Slurm's
     #    configuration, state and logs; the munge key and munged's seed; MariaDB's data
     #    (slurm_acct_db and its user). Directories the Debian packages ship stay.
-    purge_path "$SUDOERS_FILE" "$SUDOERS_FILE".??????
+    purge_path "$SUDOERS_FILE" "$SUDOERS_FILE".?????? "$BENCH_SUDOERS_FILE"
     purge_path /depot /opt/slurm-gateway "$SERVICE_HOME" /var/log/slurm-gateway \
         /etc/slurm-gateway /etc/dask/gateway.yaml /run/slurm-gateway* \
         /var/log/slurm-gateway-service.log /var/log/slurm-gateway-proxy.log \
