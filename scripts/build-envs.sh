@@ -3,6 +3,8 @@
 # every user can run them (the machine's default python3 lives under /root, mode 700):
 #   /opt/slurm-gateway/envs/default  the default job environment (conda_envs/default-requirements.txt)
 #   /opt/slurm-gateway/venv          the gateway itself (this project) plus the test client
+# Both get the client's munge authentication (client/, slurm-gateway-client), as a site installs
+# it into its default job environment (batch jobs calling Gateway()) and its notebook environment.
 # Idempotent: an environment is rebuilt only when its requirements changed.
 set -euo pipefail
 
@@ -33,6 +35,11 @@ build_env "$prefix/envs/default" \
 # The gateway venv: dependencies when pyproject.toml changes, the project itself every time.
 build_env "$prefix/venv" "$(sha256sum < "$repo/pyproject.toml")" "$repo[test]"
 "$prefix/venv/bin/pip" install --quiet --no-deps --force-reinstall "$repo"
+
+# The munge client class, every time (its only dependency, dask-gateway, is pinned in both).
+for env in "$prefix/envs/default" "$prefix/venv"; do
+    "$env/bin/pip" install --quiet --no-deps --force-reinstall "$repo/client"
+done
 
 chmod -R a+rX "$prefix"
 echo "build-envs: job env $prefix/envs/default, gateway $prefix/venv ready"

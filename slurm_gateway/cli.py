@@ -3,6 +3,7 @@ print the client config."""
 
 from __future__ import annotations
 
+import json
 import os
 import secrets
 import socket
@@ -25,6 +26,7 @@ from traitlets.config import Config
 from . import __version__
 from .backend import SlurmBackend
 from .cluster_config import SlurmClusterConfig
+from .munge_auth import MungeAuthenticator, default_audience
 from .settings import SlurmBackendSettings
 from .state import read_or_create_secret
 from .transport import LocalSudoRunner
@@ -36,7 +38,24 @@ _AUTH_TYPES = {
     "SimpleAuthenticator": "basic",
     "JupyterHubAuthenticator": "jupyterhub",
     "KerberosAuthenticator": "kerberos",
+    "MungeAuthenticator": "slurm_gateway_client.MungeAuth",
 }
+
+
+def client_auth_lines(auth_name: str, config: Config) -> list[str]:
+    """The ``auth:`` section of the client config, for the gateway's authenticator class."""
+    short_name = auth_name.rsplit(".", 1)[-1]
+    lines = ["  auth:", f"    type: {_AUTH_TYPES.get(short_name, 'basic')}"]
+    if short_name == "MungeAuthenticator":
+        munge = config.MungeAuthenticator
+        kwargs = {
+            "service_account": munge.get(
+                "service_account", MungeAuthenticator.service_account.default_value
+            ),
+            "audience": munge.get("audience", default_audience()),
+        }
+        lines.append(f"    kwargs: {json.dumps(kwargs)}")
+    return lines
 
 
 def write_config_file(path: str, text: str, overwrite: bool = False) -> None:
@@ -132,7 +151,7 @@ class ClientConfig(Application):
             if tcp_host in ("", "0.0.0.0", "[::]"):
                 tcp_host = host
             lines.append(f"  proxy-address: tls://{tcp_host}:{tcp_port}")
-        lines += ["  auth:", f"    type: {_AUTH_TYPES.get(auth_name.rsplit('.', 1)[-1], 'basic')}"]
+        lines += client_auth_lines(auth_name, self.config)
         print("\n".join(lines))
 
 
@@ -234,6 +253,7 @@ class SlurmGateway(DaskGateway):
             SimpleAuthenticator,
             JupyterHubAuthenticator,
             KerberosAuthenticator,
+            MungeAuthenticator,
         ]
 
     def _classes_with_config_traits(self, classes=None):

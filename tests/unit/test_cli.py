@@ -12,6 +12,7 @@ import yaml
 from slurm_gateway.backend import SlurmBackend
 from slurm_gateway.cli import DEFAULT_CONFIG, ClientConfig, ProxyCommand, SlurmGateway
 from slurm_gateway.cluster_config import SlurmClusterConfig
+from slurm_gateway.munge_auth import MungeAuthenticator
 
 
 def _cli(*args, umask=-1):
@@ -40,6 +41,10 @@ def test_generate_config_documents_every_option(command):
             assert f"c.{cls.__name__}.{name} =" in out.stdout, name
             assert trait.help, f"{cls.__name__}.{name} has no help text"
             assert _words(trait.help) in comments, f"{cls.__name__}.{name}'s help is missing"
+    for name, trait in MungeAuthenticator.class_own_traits(config=True).items():
+        assert f"c.MungeAuthenticator.{name} =" in out.stdout, name
+        assert trait.help, f"MungeAuthenticator.{name} has no help text"
+        assert _words(trait.help) in comments, f"MungeAuthenticator.{name}'s help is missing"
 
 
 def test_generate_config_subcommand_and_flag_print_the_same():
@@ -110,6 +115,30 @@ def test_client_config_points_gateway_at_the_proxy(tmp_path):
     assert yaml.safe_load(out.stdout) == {
         "gateway": {"address": "http://127.0.0.1:8123", "auth": {"type": "kerberos"}}
     }
+
+
+def test_client_config_names_the_munge_client_class_and_its_kwargs(tmp_path):
+    config = tmp_path / "config.py"
+    config.write_text(
+        textwrap.dedent("""
+        c = get_config()
+        c.Proxy.address = ":8123"
+        c.SlurmGateway.authenticator_class = "slurm_gateway.munge_auth.MungeAuthenticator"
+        c.MungeAuthenticator.service_account = "dask-svc"
+        """)
+    )
+    out = _cli("client-config", "-f", str(config), "--public-host", "login1.example.org")
+    assert out.returncode == 0, out.stderr
+    auth = yaml.safe_load(out.stdout)["gateway"]["auth"]
+    # The audience is the gateway's default one: this host's name, as the gateway computes it.
+    audience = MungeAuthenticator().audience
+    assert auth == {
+        "type": "slurm_gateway_client.MungeAuth",
+        "kwargs": {"service_account": "dask-svc", "audience": audience},
+    }
+    config.write_text(config.read_text() + 'c.MungeAuthenticator.audience = "gw-prod"\n')
+    out = _cli("client-config", "-f", str(config))
+    assert yaml.safe_load(out.stdout)["gateway"]["auth"]["kwargs"]["audience"] == "gw-prod"
 
 
 def test_client_config_refuses_an_unreadable_config(tmp_path):
