@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import secrets
 import socket
 import stat
@@ -26,7 +27,7 @@ from traitlets.config import Config
 from . import __version__
 from .backend import SlurmBackend
 from .cluster_config import SlurmClusterConfig
-from .munge_auth import MungeAuthenticator, default_audience
+from .munge_auth import MungeAuthenticator, normalize_origin
 from .settings import SlurmBackendSettings
 from .state import read_or_create_secret
 from .transport import LocalSudoRunner
@@ -42,19 +43,43 @@ _AUTH_TYPES = {
 }
 
 
-def client_auth_lines(auth_name: str, config: Config) -> list[str]:
-    """The ``auth:`` section of the client config, for the gateway's authenticator class."""
+def client_auth_lines(auth_name: str, config: Config, address: str) -> list[str]:
+    """The ``auth:`` section of the client config, for the gateway's authenticator class.
+
+    For munge, warns on stderr when the origin of ``address`` (the printed one) is not one of
+    the gateway's ``MungeAuthenticator.audiences`` (clients bind credentials to it), or is
+    plain http to another host (clients refuse to send credentials there)."""
     short_name = auth_name.rsplit(".", 1)[-1]
     lines = ["  auth:", f"    type: {_AUTH_TYPES.get(short_name, 'basic')}"]
     if short_name == "MungeAuthenticator":
         munge = config.MungeAuthenticator
-        kwargs = {
-            "service_account": munge.get(
-                "service_account", MungeAuthenticator.service_account.default_value
-            ),
-            "audience": munge.get("audience", default_audience()),
-        }
+        default_account = MungeAuthenticator.service_account.default_value
+        kwargs = {"service_account": munge.get("service_account", default_account)}
         lines.append(f"    kwargs: {json.dumps(kwargs)}")
+        try:
+            origin = normalize_origin(address)
+        except ValueError:
+            origin = address
+        if origin.startswith("http://") and not re.match(
+            r"http://(127\.|\[::1\]|localhost:)", origin
+        ):
+            print(
+                f"warning: {origin} is plain http: clients send munge credentials only over "
+                "https or to a loopback address (set c.Proxy.tls_cert and c.Proxy.tls_key)",
+                file=sys.stderr,
+            )
+        audiences = []
+        for url in munge.get("audiences", []):
+            try:
+                audiences.append(normalize_origin(url))
+            except ValueError:
+                pass  # the gateway refuses to start with it; the warning below says enough
+        if origin not in audiences:
+            print(
+                f"warning: {origin} is not in MungeAuthenticator.audiences {audiences}: the "
+                f"gateway refuses credentials made for it (add it, or use --public-host)",
+                file=sys.stderr,
+            )
     return lines
 
 
@@ -151,7 +176,7 @@ class ClientConfig(Application):
             if tcp_host in ("", "0.0.0.0", "[::]"):
                 tcp_host = host
             lines.append(f"  proxy-address: tls://{tcp_host}:{tcp_port}")
-        lines += client_auth_lines(auth_name, self.config)
+        lines += client_auth_lines(auth_name, self.config, f"{scheme}://{host}:{port}")
         print("\n".join(lines))
 
 

@@ -1,191 +1,69 @@
 """Munge authentication: the user is the uid munge vouches for, never a name the client sends.
 
-The client (``slurm_gateway_client.MungeAuth``, in ``client/``) runs
-``munge --restrict-uid=<service uid>`` with a payload binding the credential to this gateway
-(:func:`payload_problem`) and sends ``Authorization: Munge <credential>``. The gateway decodes
-it with its own ``unmunge`` (as the service account, bounded in time and output), parses the
-output (:func:`parse_unmunge_output`), decides (:func:`decide`) and maps the uid to its name.
+The client (``slurm_gateway_client.MungeAuth``, in ``client/``) runs ``munge
+--restrict-uid=<service uid> --ttl=<seconds>`` with a payload naming the origin
+(``scheme://host:port``) it actually contacts, and sends ``Authorization: Munge <credential>``.
+The gateway decodes it with its own ``unmunge`` (as the service account, bounded in time,
+output and concurrency), parses the output, decides (the pure parts are in
+:mod:`slurm_gateway.munge_core`) and maps the uid to its name.
 
-Refused with 401 and the reason in the log: credentials munge does not decode (malformed,
-foreign key, altered), replayed (munged's replay cache, and a nonce remembered here for
-``max_age``), expired (munge's TTL, and ``max_age`` on munge's encode time), not restricted
-to the gateway's service account, or whose payload names another gateway.
+Refused with 401 and the reason in the log (rate limited): credentials that are not munge's
+armor or that munge does not decode (foreign key, altered), replayed (munged's replay cache,
+and a nonce remembered here while the credential is young enough), expired (munge's TTL, and
+``max_age`` on munge's encode time), not restricted to the gateway's service account, whose
+payload names an origin not in ``audiences``, or too large. What this does not stop: a
+credential sent to whoever answers at one of ``audiences`` is only as safe as that origin, so
+use TLS and a port only the service can bind (README, "Munge authentication").
 """
 
 from __future__ import annotations
 
+import asyncio
 import os
 import pwd
-import re
-import socket
 import time
-from collections import OrderedDict
-from dataclasses import dataclass
-from typing import NoReturn
+import weakref
+from typing import Any, NoReturn
 
 from aiohttp import web
 from dask_gateway_server.auth import Authenticator
 from dask_gateway_server.models import User
-from traitlets import Float, Integer, Unicode, default, validate
+from traitlets import Float, Integer, List, Unicode, validate
 
+from .munge_core import (
+    UNAVAILABLE_STATUSES,
+    UNMUNGE_KEYS,
+    NonceMemory,
+    NonceMemoryFull,
+    RateLimitedLog,
+    Unmunged,
+    UnmungeOutputError,
+    Verdict,
+    credential_problem,
+    decide,
+    normalize_origin,
+    parse_unmunge_output,
+    refusal_kind,
+    sanitize,
+    status_reason,
+)
 from .transport import LocalSudoRunner
 
-# munge's status codes (munge.h) the gateway tells apart.
-STATUS_SUCCESS = 0
-STATUS_EXPIRED = 15
-STATUS_REWOUND = 16
-STATUS_REPLAYED = 17
-STATUS_UNAUTHORIZED = 18
-# munged unreachable or failing (not the client's fault): 503, not 401.
-UNAVAILABLE_STATUSES = {1, 4, 5, 6, 7}  # snafu, overflow, no memory, socket, timeout
-_STATUS_REASONS = {
-    STATUS_EXPIRED: "expired credential (munge's TTL)",
-    STATUS_REWOUND: "rewound credential (encoded in the future)",
-    STATUS_REPLAYED: "replayed credential (munged has decoded it before)",
-    STATUS_UNAUTHORIZED: "credential restricted to another uid than the gateway's",
-}
+__all__ = [
+    "MungeAuthenticator",
+    "NonceMemory",
+    "Unmunged",
+    "UnmungeOutputError",
+    "Verdict",
+    "decide",
+    "normalize_origin",
+    "parse_unmunge_output",
+    "resolve_account",
+]
 
-# The keys the gateway asks unmunge for (--numeric: numbers only, no name or host lookups).
-UNMUNGE_KEYS = "STATUS,ENCODE_TIME,TTL,UID,UID_RESTRICTION,LENGTH"
-_KNOWN_KEYS = set(UNMUNGE_KEYS.split(",")) | {
-    *("ENCODE_HOST", "DECODE_TIME", "CIPHER", "MAC", "ZIP", "GID", "GID_RESTRICTION"),
-}
-_META_LINE = re.compile(r"([A-Z_]+):[ \t]+(\S.*)")
-# "17", or "Replayed credential (17)", "alice (1001)", "2026-12-01 04:10:27 +0000 (1796098227)".
-_META_NUMBER = re.compile(r"(\d+)|.*\((\d+)\)")
-_CREDENTIAL = re.compile(r"MUNGE:[A-Za-z0-9+/=]+:")
-# Printable ASCII without space or braces (dask_gateway formats config values as templates).
-_AUDIENCE_CHARS = r"[\x21-\x7a|~]{1,255}"
-_AUDIENCE = re.compile(_AUDIENCE_CHARS)
-_PAYLOAD = re.compile(
-    rf"slurm-gateway:({_AUDIENCE_CHARS})\ntime=(\d{{1,12}})\nnonce=([0-9a-f]{{32}})"
-)
-MAX_UNMUNGE_OUTPUT = 16384
-
-
-class UnmungeOutputError(ValueError):
-    """unmunge's output is not what unmunge prints: truncated, or not from unmunge."""
-
-
-@dataclass(frozen=True)
-class Unmunged:
-    """What unmunge says about a credential. Fields it did not print are None."""
-
-    status: int
-    uid: int | None = None
-    uid_restriction: int | None = None
-    encode_time: int | None = None
-    ttl: int | None = None
-    payload: str = ""
-
-
-@dataclass(frozen=True)
-class Verdict:
-    """The decision on a decoded credential: the uid munge vouches for, or why not."""
-
-    uid: int | None = None
-    nonce: str = ""
-    reason: str = ""
-
-
-def parse_unmunge_output(out: str) -> Unmunged:
-    """Parse unmunge's output: ``KEY: value`` lines, a blank line, then the payload.
-
-    Only what comes before the first blank line is metadata, and munge's metadata never holds
-    one: a payload line such as ``UID: root (0)`` is payload. The payload must be exactly
-    ``LENGTH`` bytes (unmunge adds no newline after it). Values may be numeric (``--numeric``)
-    or unmunge's default ``name (number)``. Raises :class:`UnmungeOutputError`."""
-    head, blank, payload = out.partition("\n\n")
-    if not blank:
-        raise UnmungeOutputError("no end of metadata (truncated output?)")
-    values: dict[str, int] = {}
-    for line in head.split("\n"):
-        match = _META_LINE.fullmatch(line)
-        if not match or match[1] not in _KNOWN_KEYS:
-            raise UnmungeOutputError(f"not an unmunge metadata line: {line[:80]!r}")
-        key, value = match[1], match[2].strip()
-        if key in values:
-            raise UnmungeOutputError(f"{key} given twice")
-        number = _META_NUMBER.fullmatch(value)
-        values[key] = int(number[1] or number[2]) if number else -1
-    for key in ("STATUS", "LENGTH"):
-        if values.get(key, -1) < 0:
-            raise UnmungeOutputError(f"no {key}")
-    if len(payload.encode()) != values["LENGTH"]:
-        raise UnmungeOutputError(
-            f"payload of {len(payload.encode())} bytes, LENGTH says {values['LENGTH']}"
-        )
-    fields = {k: (v if v >= 0 else None) for k, v in values.items()}
-    return Unmunged(
-        status=values["STATUS"],
-        uid=fields.get("UID"),
-        uid_restriction=fields.get("UID_RESTRICTION"),
-        encode_time=fields.get("ENCODE_TIME"),
-        ttl=fields.get("TTL"),
-        payload=payload,
-    )
-
-
-def status_reason(status: int) -> str:
-    """Why munge refused a credential, from its status code."""
-    return _STATUS_REASONS.get(status, f"invalid credential (munge status {status})")
-
-
-def decide(
-    cred: Unmunged, *, service_uid: int, audience: str, now: float, max_age: float
-) -> Verdict:
-    """Accept a decoded credential (the uid it vouches for) or say why not. Pure."""
-    if cred.status != STATUS_SUCCESS:
-        return Verdict(reason=status_reason(cred.status))
-    if cred.uid is None or cred.encode_time is None:
-        return Verdict(reason="malformed: unmunge printed no UID or ENCODE_TIME")
-    if cred.uid_restriction is None:
-        return Verdict(reason="not restricted to the gateway's service account (--restrict-uid)")
-    if cred.uid_restriction != service_uid:
-        return Verdict(
-            reason=f"restricted to uid {cred.uid_restriction}, not the gateway's {service_uid}"
-        )
-    age = now - cred.encode_time
-    if age > max_age:
-        return Verdict(reason=f"too old: encoded {age:.0f} s ago, max_age is {max_age:g} s")
-    if age < -max_age:
-        return Verdict(reason=f"encoded {-age:.0f} s in the future (clock skew?)")
-    match = _PAYLOAD.fullmatch(cred.payload)
-    if not match:
-        return Verdict(reason="payload is not a slurm-gateway payload (old or foreign client?)")
-    if match[1] != audience:
-        return Verdict(reason=f"made for the gateway {match[1]!r}, this one is {audience!r}")
-    if abs(int(match[2]) - cred.encode_time) > max_age:
-        return Verdict(reason="payload time disagrees with munge's encode time")
-    return Verdict(uid=cred.uid, nonce=match[3])
-
-
-class NonceMemory:
-    """The nonces of accepted credentials, each kept ``max_age`` seconds (bounded in number).
-
-    munged's replay cache already refuses a credential decoded twice; this also holds across a
-    restart of munged."""
-
-    def __init__(self, max_age: float, max_entries: int = 100_000):
-        self.max_age = max_age
-        self.max_entries = max_entries
-        self._seen: OrderedDict[str, float] = OrderedDict()
-
-    def first_use(self, nonce: str, now: float) -> bool:
-        """Remember ``nonce``; False if it was seen within ``max_age``."""
-        while self._seen and (
-            len(self._seen) >= self.max_entries or next(iter(self._seen.values())) < now
-        ):
-            self._seen.popitem(last=False)
-        if nonce in self._seen:
-            return False
-        self._seen[nonce] = now + self.max_age
-        return True
-
-
-def default_audience() -> str:
-    """This host's fully qualified name: what a client connecting by that name uses too."""
-    return socket.getfqdn()
+# Real outputs are < 400 bytes (the payload < 320): more is a credential's inflated payload.
+MAX_UNMUNGE_OUTPUT = 4096
+AUDIENCES_EXAMPLE = 'c.MungeAuthenticator.audiences = ["https://login1.example.org:8443"]'
 
 
 def resolve_account(account: str | int) -> int:
@@ -193,6 +71,15 @@ def resolve_account(account: str | int) -> int:
     if isinstance(account, int) or str(account).isdigit():
         return int(account)
     return pwd.getpwnam(str(account)).pw_uid
+
+
+def account_name(uid: int) -> str | None:
+    """The name of ``uid``, if the name maps back to the same uid (NSS sources can disagree)."""
+    try:
+        name = pwd.getpwuid(uid).pw_name
+        return name if pwd.getpwnam(name).pw_uid == uid else None
+    except KeyError:
+        return None
 
 
 def _unauthorized(reason: str) -> web.HTTPUnauthorized:
@@ -205,7 +92,7 @@ class MungeAuthenticator(Authenticator):
     """Authenticate users by munge credentials (``Authorization: Munge <credential>``).
 
     Clients use ``slurm_gateway_client.MungeAuth``; ``slurm-gateway client-config`` prints
-    the matching ``gateway.auth`` of ``/etc/dask/gateway.yaml``. No password anywhere: the
+    the matching ``gateway`` section of ``/etc/dask/gateway.yaml``. No password anywhere: the
     user is the uid munge vouches for."""
 
     service_account = Unicode(
@@ -216,10 +103,12 @@ class MungeAuthenticator(Authenticator):
         config=True,
     )
 
-    audience = Unicode(
-        help="""The name binding credentials to this gateway (default: this host's fully
-        qualified name). Clients put it in the credential's payload; a credential made for
-        another gateway (another audience) is refused. Printable ASCII without spaces or braces.""",
+    audiences = List(
+        Unicode(),
+        help="""The public origins of the gateway (scheme://host:port, as clients reach the
+        proxy), e.g. ["https://login1.example.org:8443"]. Required: the gateway refuses to
+        start without. A client binds each credential to the origin it contacts; a credential
+        made for another origin (another gateway, or a server squatting a port) is refused.""",
         config=True,
     )
 
@@ -227,7 +116,8 @@ class MungeAuthenticator(Authenticator):
         60,
         min=1,
         help="""Seconds a credential is accepted after munge encoded it (on top of munge's own
-        TTL, 300 s by default). Clients make a fresh credential for each authentication.""",
+        TTL, which the client sets to 60 s). Clients make a fresh credential for each
+        authentication.""",
         config=True,
     )
 
@@ -248,29 +138,57 @@ class MungeAuthenticator(Authenticator):
         config=True,
     )
 
-    @default("audience")
-    def _default_audience(self):
-        return default_audience()
+    max_concurrent_decodes = Integer(
+        16,
+        min=1,
+        help="""unmunge commands running at once, all requests together. Further requests wait
+        for a free slot, at most decode_wait_timeout seconds.""",
+        config=True,
+    )
 
-    @validate("audience")
-    def _validate_audience(self, proposal):
-        if not _AUDIENCE.fullmatch(proposal.value):
-            raise ValueError(
-                f"audience {proposal.value!r}: printable ASCII without spaces or braces"
-            )
-        return proposal.value
+    decode_wait_timeout = Float(
+        5,
+        min=0,
+        help="""Seconds a request waits for a free unmunge slot (max_concurrent_decodes)
+        before it is answered 503 (busy, retry).""",
+        config=True,
+    )
 
-    def __init__(self, **kwargs):
+    @validate("audiences")
+    def _validate_audiences(self, proposal: dict[str, Any]) -> list[str]:
+        origins = []
+        for url in proposal["value"]:
+            try:
+                origin = normalize_origin(url)
+            except ValueError as exc:
+                raise ValueError(f"MungeAuthenticator.audiences: {exc}") from None
+            if origin not in origins:
+                origins.append(origin)
+        return origins
+
+    def __init__(self, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self._service_uid: int | None = None
         self._nonces = NonceMemory(self.max_age)
+        self._refusals = RateLimitedLog(self.log)
         self._runner = LocalSudoRunner(
-            timeout=self.unmunge_timeout, max_output=MAX_UNMUNGE_OUTPUT, max_concurrent=16
+            parent=self,
+            timeout=self.unmunge_timeout,
+            max_output=MAX_UNMUNGE_OUTPUT,
+            max_concurrent=self.max_concurrent_decodes,
         )
+        # One semaphore per event loop: an asyncio.Semaphore belongs to the loop it is used on.
+        self._slots: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, asyncio.Semaphore]
+        self._slots = weakref.WeakKeyDictionary()
 
-    async def setup(self, app: web.Application) -> None:
-        """Check at startup that the gateway runs as ``service_account``."""
+    async def setup(self, app: web.Application | None) -> None:
+        """Check at startup that the gateway runs as ``service_account`` and has audiences."""
         self.service_uid()
+        if not self.audiences:
+            raise ValueError(
+                "MungeAuthenticator.audiences is not set: set it to the origin(s) clients reach "
+                f"the gateway's proxy at, e.g. {AUDIENCES_EXAMPLE}"
+            )
 
     def service_uid(self) -> int:
         """The gateway's own uid, which must be ``service_account``'s (else ValueError)."""
@@ -291,57 +209,92 @@ class MungeAuthenticator(Authenticator):
         return self._service_uid
 
     async def authenticate(self, request: web.Request) -> User:
-        """The user munge vouches for; 401 (``WWW-Authenticate: Munge``) otherwise."""
+        """The user munge vouches for; 401 (``WWW-Authenticate: Munge``) otherwise, 503 when
+        munge cannot answer or the gateway is too busy to ask it."""
+        now = time.time()  # before any wait: queueing must not age a credential
         scheme, _, credential = request.headers.get("Authorization", "").partition(" ")
         if scheme.lower() != "munge":
             raise _unauthorized("no Munge credential")  # the client's first try: not logged
         credential = credential.strip()
-        if len(credential) > self.max_credential_size or not _CREDENTIAL.fullmatch(credential):
-            return self._refuse(request, f"malformed credential ({len(credential)} bytes)")
+        problem = credential_problem(credential, self.max_credential_size)
+        if problem:
+            self._refuse(request, problem)
         cred = await self._unmunge(request, credential)
-        now = time.time()
         verdict = decide(
             cred,
             service_uid=self.service_uid(),
-            audience=self.audience,
+            audiences=self.audiences,
             now=now,
             max_age=self.max_age,
         )
         if verdict.uid is None:
-            return self._refuse(request, verdict.reason, cred.uid)
-        if not self._nonces.first_use(verdict.nonce, now):
-            return self._refuse(request, "replayed credential (nonce seen before)", cred.uid)
+            self._refuse(request, verdict.reason, cred.uid)
+        encode_time = now if cred.encode_time is None else cred.encode_time
         try:
-            name = pwd.getpwuid(verdict.uid).pw_name
-        except KeyError:
-            return self._refuse(request, f"uid {verdict.uid} has no account here", cred.uid)
+            if not self._nonces.first_use(verdict.nonce, now, encode_time):
+                self._refuse(request, "replayed credential (nonce seen before)", cred.uid)
+        except NonceMemoryFull:
+            self._unavailable("busy: too many credentials within max_age (nonce memory full)", True)
+        name = await asyncio.to_thread(account_name, verdict.uid)
+        if name is None:
+            self._refuse(request, f"uid {verdict.uid} has no account here (or NSS disagrees)")
         self.log.info("Munge: authenticated uid %d as %s", verdict.uid, name)
         return User(name)
 
     async def _unmunge(self, request: web.Request, credential: str) -> Unmunged:
-        """Decode ``credential`` with unmunge; 503 if munge cannot answer, 401 if it refuses."""
+        """Decode ``credential`` with unmunge; 503 if munge cannot answer (or no slot frees in
+        time), 401 if it refuses. Nothing unmunge prints is logged as it is."""
         argv = [self.unmunge, "--numeric", f"--keys={UNMUNGE_KEYS}"]
-        result = await self._runner.run(argv, stdin=credential.encode() + b"\n")
+        loop = asyncio.get_running_loop()
+        slots = self._slots.get(loop)
+        if slots is None:
+            slots = self._slots[loop] = asyncio.Semaphore(self.max_concurrent_decodes)
+        try:
+            await asyncio.wait_for(slots.acquire(), self.decode_wait_timeout)
+        except TimeoutError:
+            self._unavailable(
+                f"busy: no free unmunge slot within {self.decode_wait_timeout:g} s", busy=True
+            )
+        try:
+            result = await self._runner.run(argv, stdin=credential.encode() + b"\n")
+        finally:
+            slots.release()
+        if result.truncated:
+            self._refuse(request, "credential payload too large")
         if result.stopped or result.returncode in UNAVAILABLE_STATUSES or result.returncode < 0:
-            self.log.error("Munge authentication unavailable: %s", result.summary())
-            raise web.HTTPServiceUnavailable(reason="munge is unavailable on the gateway")
+            why = result.stopped or f"exited {result.returncode}"
+            last = (result.stderr.strip().splitlines() or [""])[-1]
+            self._unavailable(f"unmunge {why}: {sanitize(last)}")
         if not result.stdout:  # refused before decoding: unmunge says why on stderr
-            detail = (result.stderr.strip().splitlines() or [""])[-1][:200]
-            return self._refuse(request, status_reason(result.returncode), detail=detail)
+            detail = sanitize((result.stderr.strip().splitlines() or [""])[-1])
+            self._refuse(request, status_reason(result.returncode), detail=detail)
         try:
             cred = parse_unmunge_output(result.stdout)
         except UnmungeOutputError as exc:
-            return self._refuse(request, "unreadable unmunge output", detail=str(exc))
+            self._refuse(request, "unreadable unmunge output", detail=str(exc))
         if cred.status != result.returncode:
-            return self._refuse(request, f"unmunge exited {result.returncode}, STATUS says else")
+            self._refuse(request, f"unmunge exited {result.returncode}, STATUS says else")
         return cred
+
+    def _unavailable(self, why: str, busy: bool = False) -> NoReturn:
+        """503: munge cannot answer, or the gateway is too ``busy`` (``why``: logged, rate
+        limited)."""
+        self._refusals.warning(refusal_kind(why), f"Munge authentication unavailable: {why}")
+        raise web.HTTPServiceUnavailable(
+            reason="Munge authentication busy, retry"
+            if busy
+            else "Munge authentication unavailable: munge does not answer on the gateway"
+        )
 
     def _refuse(
         self, request: web.Request, reason: str, uid: int | None = None, detail: str = ""
     ) -> NoReturn:
-        """Log why (never the credential) and raise 401 with ``reason`` (``detail``: log only,
-        it may hold what unmunge printed)."""
+        """Log why (never the credential; rate limited per kind of reason) and raise 401 with
+        ``reason`` (``detail``: log only, sanitized by the caller)."""
         who = "" if uid is None else f" (uid {uid})"
         why = f"{reason}: {detail}" if detail else reason
-        self.log.warning("Munge authentication refused from %s%s: %s", request.remote, who, why)
+        self._refusals.warning(
+            refusal_kind(reason),
+            f"Munge authentication refused from {request.remote}{who}: {sanitize(why, 400)}",
+        )
         raise _unauthorized(reason)

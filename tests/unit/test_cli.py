@@ -123,22 +123,24 @@ def test_client_config_names_the_munge_client_class_and_its_kwargs(tmp_path):
         textwrap.dedent("""
         c = get_config()
         c.Proxy.address = ":8123"
+        c.Proxy.tls_cert = "/etc/cert.pem"
         c.SlurmGateway.authenticator_class = "slurm_gateway.munge_auth.MungeAuthenticator"
         c.MungeAuthenticator.service_account = "dask-svc"
+        c.MungeAuthenticator.audiences = ["https://LOGIN1.example.org:8123/"]
         """)
     )
     out = _cli("client-config", "-f", str(config), "--public-host", "login1.example.org")
     assert out.returncode == 0, out.stderr
-    auth = yaml.safe_load(out.stdout)["gateway"]["auth"]
-    # The audience is the gateway's default one: this host's name, as the gateway computes it.
-    audience = MungeAuthenticator().audience
-    assert auth == {
+    gateway = yaml.safe_load(out.stdout)["gateway"]
+    # No audience: the client binds each credential to the origin it contacts.
+    assert gateway["auth"] == {
         "type": "slurm_gateway_client.MungeAuth",
-        "kwargs": {"service_account": "dask-svc", "audience": audience},
+        "kwargs": {"service_account": "dask-svc"},
     }
-    config.write_text(config.read_text() + 'c.MungeAuthenticator.audience = "gw-prod"\n')
-    out = _cli("client-config", "-f", str(config))
-    assert yaml.safe_load(out.stdout)["gateway"]["auth"]["kwargs"]["audience"] == "gw-prod"
+    assert gateway["address"] == "https://login1.example.org:8123"
+    assert "warning" not in out.stderr
+    out = _cli("client-config", "-f", str(config), "--public-host", "login2.example.org")
+    assert "https://login2.example.org:8123 is not in MungeAuthenticator.audiences" in out.stderr
 
 
 def test_client_config_refuses_an_unreadable_config(tmp_path):

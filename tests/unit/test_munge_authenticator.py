@@ -19,14 +19,20 @@ from slurm_gateway_client import MungeAuth, make_payload
 from slurm_gateway.munge_auth import MungeAuthenticator
 
 NOBODY = pwd.getpwnam("nobody")
-CREDENTIAL = "MUNGE:AwQFAADG68FQRfg3FNZjgxmupstTXubV=:"
+CREDENTIAL = (
+    "MUNGE:AwQFAACy8zMN8nSo/+0JIJsvU5eddtpHQi2ZcLDijzcZ1tKvhMKHskp8BdF9MEBm/ppBBue3Zoh/qTQPx/"
+    "Qv3dSWpg6o=:"
+)
+AUDIENCE = "https://gw.test:8443"
 NONCE = "0123456789abcdef0123456789abcdef"
 
 
-def _unmunge_output(uid=NOBODY.pw_uid, restriction=None, status=0, audience="gw.test"):
+def _unmunge_output(
+    uid=NOBODY.pw_uid, restriction=None, status=0, audience=AUDIENCE, now=None, nonce=NONCE
+):
     restriction = os.geteuid() if restriction is None else restriction
-    now = int(time.time())
-    payload = f"slurm-gateway:{audience}\ntime={now}\nnonce={NONCE}"
+    now = int(time.time()) if now is None else now
+    payload = f"slurm-gateway:{audience}\ntime={now}\nnonce={nonce}"
     return (
         f"STATUS:          {status}\nENCODE_TIME:     {now}\nTTL:             300\n"
         f"UID:             {uid}\nUID_RESTRICTION: {restriction}\n"
@@ -62,7 +68,7 @@ def fake_unmunge(tmp_path):
 
 
 def _authenticator(unmunge, **kwargs):
-    kwargs = {"service_account": str(os.geteuid()), "audience": "gw.test", **kwargs}
+    kwargs = {"service_account": str(os.geteuid()), "audiences": [AUDIENCE], **kwargs}
     return MungeAuthenticator(unmunge=str(unmunge), **kwargs)
 
 
@@ -125,7 +131,10 @@ def test_malformed_credentials_never_reach_unmunge(fake_unmunge, header):
         (dict(rc=18, err="unmunge: Error: Unauthorized credential for client UID=999"), "UID=999"),
         (dict(rc=8, err="unmunge: Error: Failed to match armor prefix"), "armor prefix"),
         (dict(out=_unmunge_output(restriction=4242)), "restricted to uid 4242"),
-        (dict(out=_unmunge_output(audience="gw.other")), "made for the gateway 'gw.other'"),
+        (
+            dict(out=_unmunge_output(audience="https://gw.test:9443")),
+            "made for another gateway: 'https://gw.test:9443'",
+        ),
         (dict(out=_unmunge_output(uid=3999999)), "uid 3999999 has no account"),
         (dict(out=_unmunge_output()[:-3]), "unreadable unmunge output"),
         (dict(out=_unmunge_output(), rc=17), "STATUS says else"),
@@ -174,11 +183,18 @@ def test_the_gateway_must_run_as_its_service_account(fake_unmunge):
         auth.service_uid()
 
 
-def test_audience_must_be_printable_without_spaces_or_braces():
-    for bad in ["", "a b", "a\nb", "{HOME}", "x" * 256]:
-        with pytest.raises(ValueError):
-            MungeAuthenticator(audience=bad)
-    assert MungeAuthenticator(audience="https://gw.example.org:8000/x").audience
+def test_audiences_are_origins_normalised():
+    auth = MungeAuthenticator(audiences=["HTTPS://GW.Example.org", "http://[::1]:8000/"])
+    assert auth.audiences == ["https://gw.example.org:443", "http://[::1]:8000"]
+    for bad in [
+        "gw.example.org",
+        "https://gw:1/api",
+        "ftp://gw:1",
+        "https://u@gw:1",
+        "http://{H}:1",
+    ]:
+        with pytest.raises(ValueError, match="audiences"):
+            MungeAuthenticator(audiences=[bad])
 
 
 # The stock client, MungeAuth and the authenticator together, with a fake munge whose
@@ -211,6 +227,7 @@ async def _list_clusters_twice(auth, gateway_auth):
     app.router.add_get("/api/v1/clusters/", middleware_free_handler)
     async with TestServer(app, host="127.0.0.1") as server:
         address = str(server.make_url("")).rstrip("/")
+        auth.audiences = [address]
         async with Gateway(address, auth=gateway_auth, asynchronous=True) as gateway:
             assert await gateway.list_clusters() == []
             assert await gateway.list_clusters() == []
@@ -225,11 +242,11 @@ def test_the_stock_client_signs_in_with_munge_auth(tmp_path, monkeypatch):
     for script in (munge, unmunge):
         script.chmod(0o755)
     monkeypatch.setenv("PATH", f"{tmp_path}:{os.environ['PATH']}")
-    auth = _authenticator(unmunge, audience="127.0.0.1")
-    # No audience given: the client uses the gateway's host name, as the server is set to.
+    auth = _authenticator(unmunge, audiences=[])  # the server's origin, once it listens
     seen = asyncio.run(_list_clusters_twice(auth, MungeAuth(service_account=os.geteuid())))
     assert seen == ["nobody", "nobody"]
-    assert (tmp_path / "munge.argv").read_text().split() == [f"--restrict-uid={os.geteuid()}"]
+    argv = (tmp_path / "munge.argv").read_text().split()
+    assert argv == [f"--restrict-uid={os.geteuid()}", "--ttl=60"]
     assert (tmp_path / "unmunge.calls").read_text() == "x\n"  # then the cookie
 
 
@@ -251,10 +268,10 @@ def test_real_munge_decodes_once_and_refuses_replays_and_alterations(caplog):
     if problem:
         pytest.skip(f"needs a running munged: {problem}")
     me = os.geteuid()
-    client = MungeAuth(service_account=me, audience="gw.test")
-    auth = MungeAuthenticator(service_account=str(me), audience="gw.test", unmunge="unmunge")
+    client = MungeAuth(service_account=me)
+    auth = MungeAuthenticator(service_account=str(me), audiences=[AUDIENCE], unmunge="unmunge")
     auth.log.propagate = True
-    credential = client.credential("gw.test")
+    credential = client.credential(AUDIENCE)
     assert _authenticate(auth, f"Munge {credential}").name == pwd.getpwuid(me).pw_name
     with caplog.at_level(logging.WARNING):
         assert "munged has decoded it before" in _refused(auth, f"Munge {credential}")
@@ -262,15 +279,15 @@ def test_real_munge_decodes_once_and_refuses_replays_and_alterations(caplog):
         flipped = "A" if credential[middle] != "A" else "B"
         altered = credential[:middle] + flipped + credential[middle + 1 :]
         assert "credential" in _refused(auth, f"Munge {altered}")
-        other = client.credential("gw.other")  # a credential for another gateway
-        assert "made for the gateway 'gw.other'" in _refused(auth, f"Munge {other}")
+        other = client.credential("https://gw.test:9443")  # for another port of the host
+        assert "made for another gateway" in _refused(auth, f"Munge {other}")
     assert credential not in caplog.text
 
 
 def test_client_payloads_are_accepted_by_the_gateway():
     from slurm_gateway.munge_auth import Unmunged, decide
 
-    payload = make_payload("gw.test", now=1000).decode()
+    payload = make_payload(AUDIENCE, now=1000).decode()
     cred = Unmunged(status=0, uid=1001, uid_restriction=999, encode_time=1000, payload=payload)
-    verdict = decide(cred, service_uid=999, audience="gw.test", now=1001, max_age=60)
+    verdict = decide(cred, service_uid=999, audiences=[AUDIENCE], now=1001, max_age=60)
     assert verdict.uid == 1001 and len(verdict.nonce) == 32

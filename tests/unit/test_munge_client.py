@@ -14,7 +14,8 @@ from slurm_gateway_client import MungeAuth, MungeAuthError, make_payload
 from yarl import URL
 
 CLIENT_DIR = Path(__file__).resolve().parents[2] / "client"
-RESPONSE_401 = SimpleNamespace(url=URL("http://login1.example.org:8000/api/v1/clusters/"))
+RESPONSE_401 = SimpleNamespace(url=URL("https://Login1.example.org:8443/api/v1/clusters/"))
+ORIGIN = "https://login1.example.org:8443"
 
 
 def _fake_munge(tmp_path, body='printf "MUNGE:QUJD:\\n"'):
@@ -26,20 +27,20 @@ def _fake_munge(tmp_path, body='printf "MUNGE:QUJD:\\n"'):
 
 def test_pre_request_sends_a_credential_restricted_to_the_service_account(tmp_path):
     munge = _fake_munge(tmp_path)
-    auth = MungeAuth(service_account="root", audience="gw.test", munge=str(munge))
+    auth = MungeAuth(service_account="root", munge=str(munge))
     headers, context = auth.pre_request(RESPONSE_401)
     assert headers == {"Authorization": "Munge MUNGE:QUJD:"} and context is None
-    assert (tmp_path / "munge.argv").read_text().split() == ["--restrict-uid=0"]
+    assert (tmp_path / "munge.argv").read_text().split() == ["--restrict-uid=0", "--ttl=60"]
     payload = (tmp_path / "munge.in").read_text()
-    assert re.fullmatch(r"slurm-gateway:gw\.test\ntime=\d+\nnonce=[0-9a-f]{32}", payload)
+    expected = r"slurm-gateway:https://login1\.example\.org:8443\ntime=\d+\nnonce=[0-9a-f]{32}"
+    assert re.fullmatch(expected, payload)
 
 
-def test_the_audience_defaults_to_the_gateway_s_host_and_munge_to_the_path(tmp_path, monkeypatch):
+def test_munge_is_looked_up_on_the_path(tmp_path, monkeypatch):
     _fake_munge(tmp_path)
     monkeypatch.setenv("PATH", f"{tmp_path}:{os.environ['PATH']}")
     MungeAuth(service_account=4242).pre_request(RESPONSE_401)
-    assert (tmp_path / "munge.argv").read_text().split() == ["--restrict-uid=4242"]
-    assert (tmp_path / "munge.in").read_text().startswith("slurm-gateway:login1.example.org\n")
+    assert (tmp_path / "munge.argv").read_text().split()[0] == "--restrict-uid=4242"
 
 
 def test_each_credential_has_its_own_nonce():
@@ -59,39 +60,38 @@ def test_the_service_account_is_a_name_or_a_uid():
     [
         ("/nonexistent/munge", None, "not found: install munge"),
         (None, 'echo "munge: Error: Unable to access socket" >&2; exit 1', "Unable to access"),
-        (None, "echo not-a-credential", "munge exited 0: not-a-credential"),
+        (None, "echo not-a-credential", "munge exited 0: no credential on its output"),
         (None, "sleep 5", "did not answer within 0.5 s"),
     ],
 )
 def test_munge_problems_are_clear_errors(tmp_path, munge, body, message):
     if munge is None:
         munge = str(_fake_munge(tmp_path, body))
-    auth = MungeAuth(service_account=0, audience="gw.test", munge=munge, timeout=0.5)
+    auth = MungeAuth(service_account=0, munge=munge, timeout=0.5)
     with pytest.raises(MungeAuthError, match=re.escape(message)):
         auth.pre_request(RESPONSE_401)
 
 
-@pytest.mark.parametrize("audience", ["a b", "{HOME}", "gw\nUID: 0", ""])
-def test_bad_audiences_are_refused_before_munge_runs(tmp_path, audience):
+@pytest.mark.parametrize(
+    "url", ["https://{HOME}:8443/", "ftp://gw.test/", "https:///api", "https://gw.test:99999/"]
+)
+def test_unusable_gateway_urls_are_refused_before_munge_runs(tmp_path, url):
     munge = _fake_munge(tmp_path)
-    auth = MungeAuth(service_account=0, audience=audience or None, munge=str(munge))
-    response = SimpleNamespace(url=URL("http://127.0.0.1:8000/")) if audience else None
-    if not audience:  # neither an audience nor a host: nothing to bind the credential to
-        response = SimpleNamespace(url=SimpleNamespace(host=""))
-    with pytest.raises(MungeAuthError, match="audience"):
-        auth.pre_request(response)
+    auth = MungeAuth(service_account=0, munge=str(munge))
+    with pytest.raises(MungeAuthError):
+        auth.pre_request(SimpleNamespace(url=url))  # str(resp.url) is what counts
     assert not (tmp_path / "munge.in").exists()
 
 
 def test_gateway_yaml_selects_munge_auth_with_its_kwargs():
     config = {
         "gateway.auth.type": "slurm_gateway_client.MungeAuth",
-        "gateway.auth.kwargs": {"service_account": "root", "audience": "gw.test"},
+        "gateway.auth.kwargs": {"service_account": "root", "ttl": 30},
     }
     with dask.config.set(config):
         auth = get_auth()
     assert isinstance(auth, MungeAuth)
-    assert (auth.service_uid, auth.audience) == (0, "gw.test")
+    assert (auth.service_uid, auth.ttl) == (0, 30)
 
 
 def test_the_client_package_needs_nothing_of_the_server():
