@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # The main job (run as root): a local SLURM cluster plus the gateway, running as its service
-# account like a site's login node, then a real computation by alice with `Gateway()`.
+# account like a site's login node, then a real computation by alice with `Gateway()`. The
+# gateway knows alice by munge (her uid; no password anywhere): a client that merely claims
+# to be alice is refused, as the end shows.
 #   scripts/demo.sh         bring everything up, run examples/quickstart.py as alice
 #   scripts/demo.sh stop    stop the gateway (scripts/dev-cluster.sh down stops SLURM)
 set -euo pipefail
@@ -64,6 +66,22 @@ done
 echo "demo: gateway running as slurmgw (pid $(cat "$pidfile"), log $log; proxy pid $(cat "$proxy_pidfile"), log $proxy_log)"
 
 install -m 0644 "$repo/examples/quickstart.py" /tmp/slurm-gateway-quickstart.py
+echo "demo: alice's Gateway() authenticates with munge ($(grep -o 'type: .*' /etc/dask/gateway.yaml)), no password"
 cd /tmp && runuser -u alice -- env -i PATH=/usr/bin:/bin HOME=/home/alice USER=alice \
     X509_USER_PROXY=/tmp/x509up_u1001 "$venv/bin/python" /tmp/slurm-gateway-quickstart.py
+
+# A name is not an identity: bob claiming to be alice (HTTP basic auth) gets 401.
+runuser -u bob -- env -i PATH=/usr/bin:/bin HOME=/home/bob USER=bob "$venv/bin/python" -c '
+import sys
+from dask_gateway import BasicAuth, Gateway
+try:
+    with Gateway(auth=BasicAuth("alice")) as gateway:
+        gateway.list_clusters()
+except Exception as exc:
+    if "401" not in str(exc):
+        raise
+    print(f"demo: bob claiming to be alice with BasicAuth(\"alice\") is refused: {exc}"[:200])
+else:
+    sys.exit("demo: BasicAuth(\"alice\") was accepted: the gateway trusts names it is sent!")
+'
 echo "demo: done; the gateway keeps running (scripts/demo.sh stop to stop it)"

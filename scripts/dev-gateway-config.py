@@ -1,11 +1,14 @@
 # slurm-gateway config for the dev cluster made by scripts/dev-cluster.sh.
-# Everything listens on loopback; users are identified by basic auth (username only),
-# which is fine for a single-machine demo and never for a site: see the README.
+# Everything listens on loopback. Users are who munge says they are (their uid): no
+# password, as on a site's login node. Plain http is for this single-host setup only: a site
+# gives the proxy TLS and a privileged port (README, "Munge authentication").
 c = get_config()  # noqa: F821
 
 c.SlurmGateway.address = "127.0.0.1:8001"  # private API, reached through the proxy
 c.Proxy.address = "127.0.0.1:8000"  # what clients use (HTTP API, dashboards, TLS to schedulers)
-c.SlurmGateway.authenticator_class = "dask_gateway_server.auth.SimpleAuthenticator"
+c.SlurmGateway.authenticator_class = "slurm_gateway.munge_auth.MungeAuthenticator"
+c.MungeAuthenticator.service_account = "slurmgw"  # the account the gateway runs as
+c.MungeAuthenticator.audiences = ["http://127.0.0.1:8000"]  # the proxy, as clients reach it
 # The proxy runs as a service of its own (`slurm-gateway proxy`): restarting the gateway
 # then does not cut users' connections to their clusters.
 c.Proxy.externally_managed = True

@@ -3,6 +3,11 @@
 The cluster, users and environments come from ``scripts/test.sh`` (dev-cluster.sh up and
 build-envs.sh). Client code runs as the real users alice and bob, in their own processes,
 with the unmodified ``dask_gateway`` client and ``Gateway()`` without arguments.
+
+The test gateways authenticate with munge (``MungeAuthenticator``), as a site's login node
+would: a user is the uid munge vouches for, never a name the client chose. Only tests that
+check what the backend does with names a trusting authenticator passes on, or where one
+process speaks for many users (test_load), start a gateway with ``SIMPLE_AUTH``.
 """
 
 from __future__ import annotations
@@ -18,6 +23,7 @@ import textwrap
 from pathlib import Path
 
 import pytest
+from slurm_gateway_client import make_payload
 
 from harness.gateway import SERVICE_ACCOUNT, GatewayProcess
 from harness.processes import RUNUSER, command_as, run, start_as, stop, user_environment, wait_until
@@ -28,11 +34,14 @@ __all__ = [
     "CLIENT_PRELUDE",
     "PYTHON",
     "RUNUSER",
+    "SERVICE_ACCOUNT",
+    "SIMPLE_AUTH",
     "START_TIMEOUT",
     "USERS",
     "Gateway",
     "depot",
     "jobs_of",
+    "munge_credential",
     "run",
     "slurm_now",
     "start_slurm_daemons",
@@ -48,6 +57,11 @@ PYTHON = str(PREFIX / "venv" / "bin" / "python")
 GATEWAY = str(PREFIX / "venv" / "bin" / "slurm-gateway")
 USERS = ("alice", "bob")
 START_TIMEOUT = 25  # the scheduler start timeout of the test gateway, seconds
+# Extra config (make_gateway) for the few tests that need an authenticator trusting whatever
+# name the client sends: dask-gateway's SimpleAuthenticator. Never a site's; say why it is used.
+SIMPLE_AUTH = (
+    'c.SlurmGateway.authenticator_class = "dask_gateway_server.auth.SimpleAuthenticator"\n'
+)
 
 
 def jobs_of(cluster_name: str, role: str, user: str = "alice") -> list[str]:
@@ -64,6 +78,26 @@ def jobs_of(cluster_name: str, role: str, user: str = "alice") -> list[str]:
                 if job_id in active:
                     found.append(job_id)
     return found
+
+
+def munge_credential(
+    user: str, audience: str, restrict_to: str | None = SERVICE_ACCOUNT, ttl: int = 60
+) -> str:
+    """A munge credential made by ``user`` (``munge`` run as the user), with the payload of
+    ``slurm_gateway_client.MungeAuth``: bound to the gateway origin ``audience``
+    (``scheme://host:port``) and this moment, restricted to the account ``restrict_to``
+    (None: unrestricted), living ``ttl`` seconds. Send it as ``Authorization: Munge ...``."""
+    argv = ["munge", f"--ttl={ttl}"]
+    if restrict_to is not None:
+        argv.append(f"--restrict-uid={pwd.getpwnam(restrict_to).pw_uid}")
+    out = run(
+        command_as(user, argv),
+        input=make_payload(audience).decode(),
+        env=user_environment(user),
+        cwd="/",
+    )
+    assert out.returncode == 0 and out.stdout.startswith("MUNGE:"), out.stderr
+    return out.stdout.strip()
 
 
 def stop_slurm_daemon(name: str):
@@ -110,6 +144,11 @@ class Gateway(GatewayProcess):
             c.SlurmClusterConfig.scheduler_memory = "1 G"
             c.SlurmClusterConfig.walltime = "0-01:00:00"
             c.Proxy.externally_managed = {self.external_proxy}
+            # Users are who munge says they are: credentials restricted to the service
+            # account and bound to the proxy's origin (plain http: loopback only).
+            c.SlurmGateway.authenticator_class = "slurm_gateway.munge_auth.MungeAuthenticator"
+            c.MungeAuthenticator.service_account = "{SERVICE_ACCOUNT}"
+            c.MungeAuthenticator.audiences = ["{self.address}"]
             """)
             + self.extra_config
         )
@@ -120,7 +159,8 @@ class Gateway(GatewayProcess):
         self.prepare_workdir()
         os.chmod(self.client_config, 0o755)
         out = run(command_as(SERVICE_ACCOUNT, [GATEWAY, "client-config", "-f", str(self.config)]))
-        assert out.returncode == 0, out.stderr
+        # (client-config warns if the address it prints is not one of the munge audiences)
+        assert out.returncode == 0 and "warning:" not in out.stderr, out.stderr
         (self.client_config / "gateway.yaml").write_text(out.stdout)
         os.chmod(self.client_config / "gateway.yaml", 0o644)
         if self.external_proxy and (self.proxy_proc is None or self.proxy_proc.poll() is not None):

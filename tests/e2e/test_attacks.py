@@ -14,7 +14,6 @@ import re
 import shutil
 import subprocess
 import tempfile
-import threading
 import time
 import urllib.error
 import urllib.request
@@ -23,7 +22,7 @@ from pathlib import Path
 import pytest
 from conftest import (
     RUNUSER,
-    depot,
+    SIMPLE_AUTH,
     jobs_of,
     run,
     start_slurm_daemons,
@@ -236,7 +235,14 @@ def test_jobs_named_like_the_gateways_cannot_blind_its_polling(as_user, make_gat
 # -- 3: names that are not users of the gateway ---------------------------------------------
 
 
-def test_names_that_are_not_dask_users_are_refused_and_run_nothing(gateway, marker_dir):
+def test_names_that_are_not_dask_users_are_refused_and_run_nothing(
+    as_user, make_gateway, marker_dir
+):
+    # What the backend itself does with the names an authenticator passes on: this gateway
+    # believes whatever name the client sends (SimpleAuthenticator, on purpose), so mallory
+    # can present every name. Under munge, as on every other test gateway, she is only ever
+    # mallory (checked at the end).
+    gw = make_gateway(SIMPLE_AUTH)
     # mallory's environment: its "python" records who ran it.
     env = marker_dir / "env"
     (env / "bin").mkdir(parents=True)
@@ -264,7 +270,7 @@ def test_names_that_are_not_dask_users_are_refused_and_run_nothing(gateway, mark
         text=True,
         timeout=120,
         cwd="/tmp",
-        env={"PATH": "/usr/bin:/bin", "DASK_CONFIG": str(gateway.client_config),
+        env={"PATH": "/usr/bin:/bin", "DASK_CONFIG": str(gw.client_config),
              "CLIENT_STACKS_AFTER": "100"},
     )  # fmt: skip
     assert out.returncode == 0, out.stderr[-3000:]
@@ -274,6 +280,11 @@ def test_names_that_are_not_dask_users_are_refused_and_run_nothing(gateway, mark
         assert "ValueError" in results[name], (name, results[name])
     assert "service account" in results["slurmgw"]
     assert "not a member of dask-users" in results["mallory"]
+    # mallory as herself, through the munge gateway (no name to choose).
+    herself = as_user(
+        "mallory", f"report(error=error_of(Gateway().new_cluster, conda_env={str(env)!r}))"
+    )
+    assert "not a member of dask-users" in (herself["error"] or ""), herself
     assert sorted(p.name for p in marker_dir.iterdir()) == ["env"], "the env's python ran"
     assert user_jobs("mallory", "root", "slurmgw") == []
 
@@ -341,112 +352,3 @@ def test_nothing_another_user_sees_names_a_cluster_or_opens_its_dashboard(as_use
             assert status != 200, candidate
     finally:
         as_user("alice", f"Gateway().stop_cluster({name!r}); report()")
-
-
-# -- 5: output a user can make as large as she likes ----------------------------------------
-
-
-def test_a_huge_log_without_newlines_does_not_grow_the_gateway(as_user, make_gateway):
-    gw = make_gateway("")
-    made = as_user("alice", NEW_CLUSTER, via=gw)
-    [scheduler] = jobs_of(made["name"], "scheduler")
-    before = gw.rss()
-    # alice turns her scheduler's log into 4 GB without a newline, then kills the job.
-    grown = as_shell(
-        "alice",
-        f"log=$(ls /var/log/slurm-gateway/alice/*/scheduler-{scheduler}.log) && "
-        f"truncate -s 4G $log && scancel --signal=KILL {scheduler}",
-    )
-    assert grown.returncode == 0, grown.stderr
-    after = as_user(
-        "alice",
-        f"""
-        time.sleep(5)
-        report(error=error_of(Gateway().connect, {made["name"]!r}))
-        """,
-        via=gw,
-    )
-    assert f"scheduler job {scheduler}" in after["error"], after
-    assert gw.rss() - before < 50 * 2**20, (before, gw.rss())
-
-
-# -- 6: one user flooding the gateway --------------------------------------------------------
-
-
-def alices_env_with_python(name: str, script: str) -> Path:
-    """An environment of alice's whose ``bin/python`` is the shell ``script``."""
-    env = depot("alice", "envs") / name
-    shutil.rmtree(env, ignore_errors=True)
-    (env / "bin").mkdir(parents=True)
-    (env / "bin" / "python").write_text("#!/bin/sh\n" + script)
-    (env / "bin" / "python").chmod(0o755)
-    run(["chown", "-R", "alice", str(env)])
-    return env
-
-
-def test_an_env_check_that_hangs_is_killed_with_everything_it_started(as_user, make_gateway):
-    gw = make_gateway("c.SlurmBackend.env_check_timeout = 3\n")
-    env = alices_env_with_python("hangs", "sleep 313 &\nsleep 314\n")
-    result = as_user(
-        "alice",
-        f"""
-        started = time.monotonic()
-        error = error_of(Gateway().new_cluster, conda_env={str(env)!r})
-        report(error=error, seconds=time.monotonic() - started)
-        """,
-        via=gw,
-    )
-    assert "did not answer within 3 s" in result["error"], result
-    assert result["seconds"] < 15
-    left = run(["pgrep", "-u", "alice", "-f", "sleep 31[34]"]).stdout.split()
-    assert left == [], "the env check left processes behind"
-
-
-def test_one_user_flooding_new_cluster_does_not_slow_the_others(as_user, make_gateway):
-    gw = make_gateway("c.SlurmBackend.env_check_timeout = 20\n")
-    env = alices_env_with_python("slow", "sleep 15\nexit 1\n")
-    bob_code = """
-        gateway = Gateway()
-        started = time.monotonic()
-        gateway.list_clusters()
-        listed = time.monotonic() - started
-        cluster = gateway.new_cluster()
-        created = time.monotonic() - started - listed
-        cluster.shutdown()
-        report(listed=listed, created=created)
-    """
-    usual = as_user("bob", bob_code, via=gw)
-    flood: dict = {}
-
-    def alice_floods():
-        flood.update(
-            as_user(
-                "alice",
-                f"""
-                import concurrent.futures
-                gateway = Gateway()
-                def one(_):
-                    return error_of(gateway.new_cluster, conda_env={str(env)!r})
-                with concurrent.futures.ThreadPoolExecutor(200) as pool:
-                    errors = list(pool.map(one, range(200)))
-                report(errors=errors)
-                """,
-                via=gw,
-                timeout=300,
-            )
-        )
-
-    thread = threading.Thread(target=alice_floods)
-    thread.start()
-    time.sleep(3)
-    during = as_user("bob", bob_code, via=gw)
-    fds = len(os.listdir(f"/proc/{gw.proc.pid}/fd"))
-    thread.join(300)
-    assert flood, "alice's flood did not finish"
-    refused = [e for e in flood["errors"] if e and "429" in e]
-    assert len(refused) >= 190, flood["errors"][:5]
-    assert all(e is not None for e in flood["errors"]), "alice got a cluster from a broken env"
-    assert during["listed"] < usual["listed"] + 1.0, (usual, during)
-    assert during["created"] < usual["created"] + 5.0, (usual, during)
-    assert fds < 200, fds
-    assert user_jobs("alice") == []

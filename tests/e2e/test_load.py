@@ -2,11 +2,13 @@
 
 Every request goes through the HTTP API with the stock client (its asynchronous API, one
 ``Gateway`` per user). The client process is alice's; each request names its load user,
-which the test gateway's SimpleAuthenticator trusts. The jobs run as the load users.
+which this test's gateway trusts: it is started with SimpleAuthenticator on purpose (every
+other test gateway uses munge, where a process can only be its own uid), so that one process
+can send all 20 users' requests at once. The jobs run as the load users.
 """
 
 import pytest
-from conftest import run, wait_until
+from conftest import SIMPLE_AUTH, run, wait_until
 
 LOAD_USERS = [f"load{i:02d}" for i in range(1, 21)]
 ROUNDS = 3
@@ -77,6 +79,8 @@ def _load_jobs() -> list[str]:
 def test_twenty_users_two_clusters_each_three_rounds(as_user, make_gateway, load_users):
     gw = make_gateway(
         f"""
+        # One process sends the requests of 20 users (module docstring): names it may choose.
+        {SIMPLE_AUTH}
         c.SlurmBackend.max_clusters_per_user = {LIMIT}
         c.SlurmBackend.cluster_start_timeout = 240
         c.SlurmBackend.worker_start_timeout = 240

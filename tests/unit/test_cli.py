@@ -5,6 +5,7 @@ import stat
 import subprocess
 import sys
 import textwrap
+from pathlib import Path
 
 import pytest
 import yaml
@@ -13,6 +14,8 @@ from slurm_gateway.backend import SlurmBackend
 from slurm_gateway.cli import DEFAULT_CONFIG, ClientConfig, ProxyCommand, SlurmGateway
 from slurm_gateway.cluster_config import SlurmClusterConfig
 from slurm_gateway.munge_auth import MungeAuthenticator
+
+REPO = Path(__file__).resolve().parents[2]
 
 
 def _cli(*args, umask=-1):
@@ -141,6 +144,26 @@ def test_client_config_names_the_munge_client_class_and_its_kwargs(tmp_path):
     assert "warning" not in out.stderr
     out = _cli("client-config", "-f", str(config), "--public-host", "login2.example.org")
     assert "https://login2.example.org:8123 is not in MungeAuthenticator.audiences" in out.stderr
+
+
+@pytest.mark.parametrize(
+    "config", ["scripts/dev-gateway-config.py", "scripts/docker/gateway-config.py"]
+)
+def test_the_dev_setups_use_munge_at_the_address_they_give_clients(config):
+    # The demo's and the containers' configs: munge, and clients sent to one of the audiences
+    # (the containers' clients run beside the proxy and reach it on loopback).
+    out = _cli("client-config", "-f", str(REPO / config), "--public-host", "127.0.0.1")
+    assert out.returncode == 0, out.stderr
+    assert "warning" not in out.stderr, out.stderr
+    assert yaml.safe_load(out.stdout) == {
+        "gateway": {
+            "address": "http://127.0.0.1:8000",
+            "auth": {
+                "type": "slurm_gateway_client.MungeAuth",
+                "kwargs": {"service_account": "slurmgw"},
+            },
+        }
+    }
 
 
 def test_client_config_refuses_an_unreadable_config(tmp_path):
