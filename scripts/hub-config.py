@@ -26,7 +26,7 @@ def settings() -> dict:
         "prefix": prefix,
         "port": port,
         "users": env["HUB_USERS"].split(),
-        "gateway_url": env.get("HUB_GATEWAY_URL", ""),
+        "gateway_url": env.get("HUB_GATEWAY_ADDRESS", ""),
         "gateway_token": env["HUB_GATEWAY_TOKEN"],
         "admin_token": env["HUB_ADMIN_TOKEN"],
         "dask_config": f"{prefix}/etc/dask" if env.get("HUB_GATEWAY_ADDRESS") else "",

@@ -6,7 +6,7 @@
 #           (dask-gateway, dask, distributed at the project's pinned versions) and, with npm,
 #           configurable-http-proxy (locally, under the prefix); writes the hub's config; sets
 #           the users' PAM passwords; starts the hub in the background. Idempotent: a running
-#           hub is left running (its config is rewritten; `down` then `up` to apply it).
+#           hub is left running, or restarted if its config changed.
 #   down    stops the hub, its proxy and the single-user servers it started.
 #   status  says whether the hub runs and answers (exit 0 if it does).
 #
@@ -20,23 +20,23 @@
 #   HUB_USERS           the users who may log in (default "alice bob"); they must exist
 #   HUB_SET_PASSWORDS   1 (default): give each user a random password (chpasswd), kept in
 #                       secrets/passwords ("user:password" lines); 0: leave passwords alone
-#   HUB_GATEWAY_URL     the gateway's private API (its c.SlurmGateway.address), e.g.
-#                       http://127.0.0.1:8001, for the service entry; empty: no url
 #   HUB_GATEWAY_ADDRESS the gateway's public address (its proxy), e.g. http://127.0.0.1:8000:
-#                       written to etc/dask/gateway.yaml with `auth: jupyterhub`, and the
-#                       users' servers get DASK_CONFIG pointing there; empty: the site's
-#                       /etc/dask/gateway.yaml
+#                       the service entry's url (the hub also routes /services/dask-gateway/
+#                       there), and etc/dask/gateway.yaml (that address, `auth: jupyterhub`),
+#                       which the users' servers find through DASK_CONFIG; empty: no url, and
+#                       the servers use the site's /etc/dask/gateway.yaml
 # The gateway's hub API token is secrets/gateway-api-token: put it in the gateway's config as
 # c.JupyterHubAuthenticator.jupyterhub_api_token (see README, "Connect your site's users").
 set -euo pipefail
 export PATH="/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+# npm hangs without a home (its cache and config live there); pip wants one for its cache.
+export HOME=${HOME:-$(getent passwd "$(id -un)" | cut -d: -f6)}
 
 repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 prefix=${HUB_PREFIX:-/opt/slurm-gateway/hub}
 port=${HUB_PORT:-8010}
 users=${HUB_USERS:-alice bob}
 set_passwords=${HUB_SET_PASSWORDS:-1}
-gateway_url=${HUB_GATEWAY_URL:-}
 gateway_address=${HUB_GATEWAY_ADDRESS:-}
 python=${HUB_PYTHON:-/usr/bin/python3}  # readable by every user (pyenv's lives under /root)
 pidfile=$prefix/run/jupyterhub.pid
@@ -83,7 +83,9 @@ install_proxy() {
     log_msg "installing configurable-http-proxy $chp_version under $prefix"
     [ -f "$prefix/package.json" ] || echo '{"name": "slurm-gateway-hub", "private": true}' \
         > "$prefix/package.json"
-    npm install --prefix "$prefix" --no-audit --no-fund --silent \
+    # (npm retries for minutes when the registry is unreachable or its certificate unknown:
+    # NODE_EXTRA_CA_CERTS where TLS is intercepted)
+    timeout 600 npm install --prefix "$prefix" --no-audit --no-fund --silent \
         "configurable-http-proxy@$chp_version"
 }
 
@@ -122,10 +124,16 @@ write_config() {
     install -d -m 0700 "$prefix/state" "$prefix/secrets" "$prefix/run" "$prefix/log"
     HUB_GATEWAY_TOKEN=$(secret "$prefix/secrets/gateway-api-token") \
     HUB_ADMIN_TOKEN=$(secret "$prefix/secrets/admin-api-token") \
-    HUB_PREFIX=$prefix HUB_PORT=$port HUB_USERS=$users HUB_GATEWAY_URL=$gateway_url \
+    HUB_PREFIX=$prefix HUB_PORT=$port HUB_USERS=$users \
     HUB_GATEWAY_ADDRESS=$gateway_address \
         "$python" "$repo/scripts/hub-config.py" > "$prefix/secrets/jupyterhub_config.py.new"
-    mv "$prefix/secrets/jupyterhub_config.py.new" "$prefix/secrets/jupyterhub_config.py"
+    if cmp -s "$prefix/secrets/jupyterhub_config.py.new" "$prefix/secrets/jupyterhub_config.py"
+    then
+        rm "$prefix/secrets/jupyterhub_config.py.new"
+    else
+        mv "$prefix/secrets/jupyterhub_config.py.new" "$prefix/secrets/jupyterhub_config.py"
+        config_changed=1
+    fi
 }
 
 start_hub() {
@@ -176,8 +184,10 @@ case "${1:-}" in
         install_venv
         install_proxy
         chmod -R a+rX "$prefix/venv" "$prefix/node_modules"
+        config_changed=0
         write_config
         write_client_config
+        [ "$config_changed" = 1 ] && running && stop_hub
         [ "$set_passwords" = 1 ] && set_user_passwords
         start_hub
         ;;

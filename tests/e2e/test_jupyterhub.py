@@ -42,8 +42,9 @@ GATEWAY_ADDRESS = os.environ.get("HUB_GATEWAY_ADDRESS", "http://127.0.0.1:18100"
 
 
 def hub_script(action: str) -> None:
+    # The machine's environment: pip and npm need its registry settings (CA bundle, HOME).
     env = {
-        "PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+        **os.environ,
         "HUB_PREFIX": str(HUB_PREFIX),
         "HUB_PORT": str(HUB_PORT),
         "HUB_USERS": " ".join(USERS),
