@@ -126,23 +126,28 @@ def test_malformed_credentials_never_reach_unmunge(fake_unmunge, header):
 @pytest.mark.parametrize(
     "answer, reason",
     [
-        (dict(out=_unmunge_output(status=17), rc=17), "replayed credential"),
-        (dict(out=_unmunge_output(status=15), rc=15), "expired"),
+        (dict(output=dict(status=17), rc=17), "replayed credential"),
+        (dict(output=dict(status=15), rc=15), "expired"),
         (dict(rc=18, err="unmunge: Error: Unauthorized credential for client UID=999"), "UID=999"),
         (dict(rc=8, err="unmunge: Error: Failed to match armor prefix"), "armor prefix"),
-        (dict(out=_unmunge_output(restriction=4242)), "restricted to uid 4242"),
+        (dict(output=dict(restriction=4242)), "restricted to uid 4242"),
         (
-            dict(out=_unmunge_output(audience="https://gw.test:9443")),
+            dict(output=dict(audience="https://gw.test:9443")),
             "made for another gateway: 'https://gw.test:9443'",
         ),
-        (dict(out=_unmunge_output(uid=3999999)), "uid 3999999 has no account"),
-        (dict(out=_unmunge_output()[:-3]), "unreadable unmunge output"),
-        (dict(out=_unmunge_output(), rc=17), "STATUS says else"),
+        (dict(output=dict(uid=3999999)), "uid 3999999 has no account"),
+        (dict(output=dict(), cut=3), "unreadable unmunge output"),
+        (dict(output=dict(), rc=17), "STATUS says else"),
     ],
 )
 def test_refusals_are_401_with_the_reason_logged_without_the_credential(
     fake_unmunge, caplog, answer, reason
 ):
+    answer = dict(answer)
+    if "output" in answer:
+        # Made now, not when the parameters were collected: the credential's age counts.
+        output = _unmunge_output(**answer.pop("output"))
+        answer["out"] = output[: len(output) - answer.pop("cut", 0)]
     auth = _authenticator(fake_unmunge(**answer))
     auth.log.propagate = True
     with caplog.at_level("WARNING"):
