@@ -43,10 +43,20 @@ def worker_seconds(
 
 
 def lifetime_args(seconds: float, margin: float) -> list[str]:
-    """dask's ``--lifetime``: leave (staggered) ``margin`` seconds, at most a quarter of the
-    walltime, before the walltime, so that the work moves on to other workers."""
+    """dask's ``--lifetime``: leave between one and two ``margin`` (at most a quarter of the
+    walltime each) before the walltime, so that the work moves on to other workers and
+    the workers of one array do not all leave at once.
+
+    dask staggers a lifetime both ways (``lifetime ± stagger``), so the lifetime is
+    ``walltime - 1.5 margin`` with a stagger of ``margin / 2``: the latest leaver still has
+    ``margin`` seconds to hand its data over before SLURM's walltime ends the job."""
     margin = min(margin, seconds / 4)
-    return ["--lifetime", f"{seconds - margin:.0f}s", "--lifetime-stagger", f"{margin:.0f}s"]
+    return [
+        "--lifetime",
+        f"{seconds - 1.5 * margin:.0f}s",
+        "--lifetime-stagger",
+        f"{margin / 2:.0f}s",
+    ]
 
 
 def worker_command(

@@ -263,6 +263,27 @@ def as_user(gateway):
     return _run
 
 
+def assert_refused(findings: dict, actions: tuple[str, ...]) -> None:
+    """Each of ``actions`` (keys of a client's findings, made with ``error_of``) was
+    refused: the cluster belongs to another user."""
+    for action in actions:
+        assert findings[action] is not None, f"could {action} another user's cluster"
+        error = findings[action]
+        assert "403" in error or "lacks permissions" in error, error
+
+
+def assert_still_running(as_user, user: str, name: str) -> None:
+    """``user`` still sees the cluster ``name`` RUNNING (another user's attempts left it be)."""
+    after = as_user(
+        user,
+        f"""
+        gateway = Gateway()
+        report(status=[c.status.name for c in gateway.list_clusters() if c.name == {name!r}])
+        """,
+    )
+    assert after["status"] == ["RUNNING"], after
+
+
 # Every client script prints one JSON line at the end with its findings.
 CLIENT_PRELUDE = """\
 import faulthandler, gc, json, os, sys, time

@@ -41,12 +41,29 @@ def test_worker_seconds(walltime, worker_walltime, age, expected):
     assert worker_seconds(walltime, worker_walltime, NOW - age, NOW) == expected
 
 
-def test_lifetime_leaves_the_margin_before_the_walltime():
-    assert lifetime_args(3600, 300) == ["--lifetime", "3300s", "--lifetime-stagger", "300s"]
+def _leave_window(args: list[str]) -> tuple[float, float]:
+    """When dask's worker leaves: ``lifetime ± stagger`` (distributed staggers both ways)."""
+    lifetime = float(args[args.index("--lifetime") + 1].rstrip("s"))
+    stagger = float(args[args.index("--lifetime-stagger") + 1].rstrip("s"))
+    return lifetime - stagger, lifetime + stagger
+
+
+@pytest.mark.parametrize("seconds", [120, 600, 3600, 86400])
+@pytest.mark.parametrize("margin", [30, 300])
+def test_every_worker_leaves_at_least_the_margin_before_the_walltime(seconds, margin):
+    earliest, latest = _leave_window(lifetime_args(seconds, margin))
+    margin = min(margin, seconds / 4)
+    assert latest <= seconds - margin, "a late leaver would meet SLURM's walltime"
+    assert earliest >= seconds - 2 * margin - 1
+    assert latest - earliest >= margin - 1, "workers of one array would leave together"
+
+
+def test_lifetime_for_an_hour_with_five_minutes_margin():
+    assert lifetime_args(3600, 300) == ["--lifetime", "3150s", "--lifetime-stagger", "150s"]
 
 
 def test_lifetime_margin_is_at_most_a_quarter_of_the_walltime():
-    assert lifetime_args(1200, 1000) == ["--lifetime", "900s", "--lifetime-stagger", "300s"]
+    assert _leave_window(lifetime_args(1200, 1000)) == (600, 900)
 
 
 def _worker_command(**kwargs):
@@ -69,7 +86,7 @@ def test_worker_command_reaches_the_scheduler_and_exits_without_it():
     assert command[command.index("--nthreads") + 1] == "2"
     assert command[command.index("--memory-limit") + 1] == "4 GiB"
     assert command[command.index("--dashboard-address") + 1] == "10.1.2.3:0"
-    assert command[command.index("--lifetime") + 1] == "3300s"
+    assert command[command.index("--lifetime") + 1] == "3150s"
     assert "--host" not in command and "--name" not in command
 
 
@@ -207,7 +224,7 @@ def test_worker_array_script():
     assert "#SBATCH --partition=workers" in lines
     assert "#SBATCH --constraint=skylake" in lines
     assert "worker_names=( w0 w1 w2 )" in lines
-    assert "tls://10.1.2.3:8786" in script and "--lifetime 1500s" in script
+    assert "tls://10.1.2.3:8786" in script and "--lifetime 1350s" in script
     _bash_syntax_ok(script)
 
 
