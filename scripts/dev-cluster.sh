@@ -861,7 +861,8 @@ purge_unpackaged() {
 }
 
 # purge_pids DAEMONS UID...: pids of the live (not zombie) processes to stop: the
-# gateway (slurm-gateway, also under runuser), every process of the uids given,
+# gateway (slurm-gateway, also under runuser), the dev JupyterHub and its proxy (run from
+# /opt/slurm-gateway/hub, as root), every process of the uids given,
 # slurmstepd (the users' jobs), and with DAEMONS=1 the daemons of PURGE_DAEMONS.
 purge_pids() {
     local daemons=$1 d pid comm key real eff state argv
@@ -884,6 +885,7 @@ purge_pids() {
         } 2>/dev/null || continue # gone meanwhile
         [[ $state != Z ]] || continue
         if [[ $comms == *" $comm "* || " ${argv[*]} " == *" /opt/slurm-gateway/venv/bin/slurm-gateway "* ]] ||
+            [[ " ${argv[*]} " == *" /opt/slurm-gateway/hub/"* ]] || # scripts/jupyterhub.sh's hub, proxy
             [[ $uids != "  " && ($uids == *" $real "* || $uids == *" $eff "*) ]]; then
             printf '%s\n' "$pid"
         fi

@@ -300,6 +300,7 @@ class SlurmGateway(DaskGateway):
             os.umask(0o077)
             super().initialize(argv)
             self._check_config_file()
+            self._warn_if_names_are_trusted()
             share_proxy_token(self.config)
 
     def _check_config_file(self) -> None:
@@ -321,6 +322,16 @@ class SlurmGateway(DaskGateway):
                 "(tokens, passwords), make it readable by the service account only "
                 "(chown root:SERVICE-GROUP, chmod 640).",
                 self.config_file,
+            )
+
+    def _warn_if_names_are_trusted(self) -> None:
+        if issubclass(self.authenticator_class, SimpleAuthenticator):
+            self.log.warning(
+                "The authenticator is %s, which believes whatever user name a client "
+                "sends: any user can start, scale and stop clusters as any other. Never "
+                "run it for a site: set c.SlurmGateway.authenticator_class (README, "
+                '"Connect your site\'s users").',
+                self.authenticator_class.__name__,
             )
 
 

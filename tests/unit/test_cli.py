@@ -181,6 +181,26 @@ def test_the_gateway_warns_when_its_config_file_is_missing(tmp_path, caplog):
     assert "generate-config" in caplog.text
 
 
+@pytest.mark.parametrize(
+    "authenticator, warned",
+    [
+        (None, True),  # dask-gateway-server's default
+        ("dask_gateway_server.auth.SimpleAuthenticator", True),
+        ("slurm_gateway.munge_auth.MungeAuthenticator", False),
+        ("slurm_gateway.hub_auth.JupyterHubAuthenticator", False),
+    ],
+)
+def test_the_gateway_warns_when_it_believes_any_name(authenticator, warned, caplog):
+    app = SlurmGateway()
+    if authenticator:
+        app.authenticator_class = authenticator
+    app.log.propagate = True
+    with caplog.at_level("WARNING"):
+        app._warn_if_names_are_trusted()
+    assert ("believes whatever user name" in caplog.text) == warned
+    assert ("Connect your site's users" in caplog.text) == warned
+
+
 def test_generate_config_names_backend_options_as_admins_set_them():
     # The options are declared in settings.py's SlurmBackendSettings; admins set them as
     # c.SlurmBackend.<name>, and the generated file must say so with their full help.
