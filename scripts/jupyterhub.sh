@@ -122,6 +122,10 @@ write_client_config() {
 write_config() {
     install -d -m 0755 "$prefix/etc"
     install -d -m 0700 "$prefix/state" "$prefix/secrets" "$prefix/run" "$prefix/log"
+    # The hub refuses to start with a cookie secret others could read (once seen here as
+    # 0644 after a first start, cause unknown): the script makes it, and keeps it 0600.
+    secret "$prefix/state/jupyterhub_cookie_secret" > /dev/null
+    chmod 0600 "$prefix/state/jupyterhub_cookie_secret"
     HUB_GATEWAY_TOKEN=$(secret "$prefix/secrets/gateway-api-token") \
     HUB_ADMIN_TOKEN=$(secret "$prefix/secrets/admin-api-token") \
     HUB_PREFIX=$prefix HUB_PORT=$port HUB_USERS=$users \
