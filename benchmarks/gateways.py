@@ -24,6 +24,7 @@ def ours_config(name: str, workdir: Path, held: bool) -> str:
         c.SlurmGateway.address = "127.0.0.1:{port + 1}"
         c.Proxy.address = "127.0.0.1:{port}"
         c.SlurmGateway.authenticator_class = "dask_gateway_server.auth.SimpleAuthenticator"
+        c.SlurmGateway.allow_simple_authenticator = True  # as the stock one: same client
         c.SlurmBackend.state_directory = "{workdir / "state"}"
         c.SlurmBackend.listen_host = "127.0.0.1"
         c.SlurmBackend.stop_clusters_on_shutdown = True  # the benchmark leaves nothing

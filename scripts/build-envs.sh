@@ -41,5 +41,8 @@ for env in "$prefix/envs/default" "$prefix/venv"; do
     "$env/bin/pip" install --quiet --no-deps --force-reinstall "$repo/client"
 done
 
-chmod -R a+rX "$prefix"
+# What users' jobs and the service account run: readable by all. Not the whole prefix: other
+# parts (a dev JupyterHub's secrets under $prefix/hub) are root's alone.
+chmod a+rx "$prefix"
+chmod -R a+rX "$prefix/envs" "$prefix/venv"
 echo "build-envs: job env $prefix/envs/default, gateway $prefix/venv ready"

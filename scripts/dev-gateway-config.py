@@ -1,7 +1,7 @@
 # slurm-gateway config for the dev cluster made by scripts/dev-cluster.sh.
 # Everything listens on loopback. Users are who munge says they are (their uid): no
 # password, as on a site's login node. Plain http is for this single-host setup only: a site
-# gives the proxy TLS and a privileged port (README, "Munge authentication").
+# gives the proxy TLS and a privileged port (README, "Connect your site's users", Munge).
 c = get_config()  # noqa: F821
 
 c.SlurmGateway.address = "127.0.0.1:8001"  # private API, reached through the proxy

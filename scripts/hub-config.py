@@ -1,13 +1,15 @@
 """Print the JupyterHub config that scripts/jupyterhub.sh installs (from its environment).
 
 The hub: PAM login for the listed users only, single-user servers spawned as those Unix users
-by the LocalProcessSpawner (each on a port of its own: HUB_PORT + 10 + its place in the list),
-the gateway registered as the service ``dask-gateway``. Users may use that service (the role
-``user`` gets ``access:services!service=dask-gateway``), and so may the token their server
-gets (``JUPYTERHUB_API_TOKEN``, which the notebook's ``Gateway()`` sends): the gateway's
+by the LocalProcessSpawner (on random loopback ports), the gateway registered as the service
+``dask-gateway`` (a name only: the gateway never calls the hub with a token of its own; the
+service exists so that the scope ``access:services!service=dask-gateway`` does). Users may
+use that service (the role ``user`` gets ``access:services!service=dask-gateway``), and so
+may the token their server gets (``JUPYTERHUB_API_TOKEN``, which the notebook's ``Gateway()``
+sends): the gateway's
 ``JupyterHubAuthenticator`` with ``jupyterhub_service_name = "dask-gateway"`` refuses tokens
-without that scope. A second service, ``slurm-gateway-admin``, has an admin token for scripts
-and tests (start or stop a user's server, make a user token).
+without that scope. A second service, ``slurm-gateway-admin``, has a token and no roles: the
+tests' example of a valid hub token that may not use the gateway.
 """
 
 from __future__ import annotations
@@ -26,8 +28,6 @@ def settings() -> dict:
         "prefix": prefix,
         "port": port,
         "users": env["HUB_USERS"].split(),
-        "gateway_url": env.get("HUB_GATEWAY_ADDRESS", ""),
-        "gateway_token": env["HUB_GATEWAY_TOKEN"],
         "admin_token": env["HUB_ADMIN_TOKEN"],
         "dask_config": f"{prefix}/etc/dask" if env.get("HUB_GATEWAY_ADDRESS") else "",
     }
@@ -35,10 +35,6 @@ def settings() -> dict:
 
 def config(s: dict) -> str:
     prefix, port = s["prefix"], s["port"]
-    service = {"name": SERVICE, "api_token": s["gateway_token"]}
-    if s["gateway_url"]:  # hub routes /services/dask-gateway/ there; the gateway's OAuth
-        # client then needs no confirmation page (JupyterHub wants a url for OAuth settings)
-        service.update(url=s["gateway_url"], oauth_no_confirm=True)
     environment = {"PATH": f"{prefix}/venv/bin:/usr/local/bin:/usr/bin:/bin"}
     if s["dask_config"]:
         environment["DASK_CONFIG"] = s["dask_config"]
@@ -59,8 +55,7 @@ c.JupyterHub.authenticator_class = "pam"
 c.PAMAuthenticator.open_sessions = False
 c.Authenticator.allowed_users = {{{", ".join(map(repr, sorted(s["users"])))}}}
 
-# Single-user servers run as the users themselves, from the hub's venv.
-USERS = {s["users"]!r}
+# Single-user servers run as the users themselves, from the hub's venv, on random ports.
 c.JupyterHub.spawner_class = "localprocess"
 c.Spawner.cmd = ["{prefix}/venv/bin/jupyterhub-singleuser"]
 c.Spawner.ip = "127.0.0.1"
@@ -68,23 +63,13 @@ c.Spawner.environment = {environment!r}
 c.Spawner.start_timeout = 90
 c.Spawner.http_timeout = 90
 
-
-def fixed_port(spawner):
-    """Each user's server on a port of its own, next to the hub's."""
-    spawner.port = {port + 10} + USERS.index(spawner.user.name)
-
-
-c.Spawner.pre_spawn_hook = fixed_port
-
 # The gateway, a hub service; users and their servers' tokens may use it.
 c.JupyterHub.services = [
-    {service!r},
-    {{"name": "{ADMIN_SERVICE}", "api_token": "{s["admin_token"]}"}},
+    {{"name": "{SERVICE}"}},
+    {{"name": "{ADMIN_SERVICE}", "api_token": "{s["admin_token"]}"}},  # no roles
 ]
 c.JupyterHub.load_roles = [
     {{"name": "user", "scopes": ["self", "access:services!service={SERVICE}"]}},
-    {{"name": "{ADMIN_SERVICE}", "scopes": ["admin:users", "admin:servers", "tokens",
-        "access:servers", "read:users"], "services": ["{ADMIN_SERVICE}"]}},
 ]
 c.Spawner.server_token_scopes = [
     "users:activity!user",

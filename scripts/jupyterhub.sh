@@ -16,18 +16,21 @@
 #                       cookie secret), secrets/ (tokens, passwords; root 0700), run/, log/
 #   HUB_PORT            the hub's public address is 127.0.0.1:HUB_PORT (default 8010); the hub
 #                       API listens on HUB_PORT+1, the proxy's API on HUB_PORT+2, users'
-#                       servers on HUB_PORT+10+i (i: the user's place in HUB_USERS)
+#                       servers on random ports
 #   HUB_USERS           the users who may log in (default "alice bob"); they must exist
-#   HUB_SET_PASSWORDS   1 (default): give each user a random password (chpasswd), kept in
-#                       secrets/passwords ("user:password" lines); 0: leave passwords alone
-#   HUB_GATEWAY_ADDRESS the gateway's public address (its proxy), e.g. http://127.0.0.1:8000:
-#                       the service entry's url (the hub also routes /services/dask-gateway/
-#                       there), and etc/dask/gateway.yaml (that address, `auth: jupyterhub`),
-#                       which the users' servers find through DASK_CONFIG; empty: no url, and
-#                       the servers use the site's /etc/dask/gateway.yaml
-# The gateway's hub API token is secrets/gateway-api-token: put it in the gateway's config as
-# c.JupyterHubAuthenticator.jupyterhub_api_token (see README, "Connect your site's users").
+#   HUB_SET_PASSWORDS   1 (default): give each user a new random password (chpasswd) at each
+#                       `up`, kept in secrets/passwords ("user:password" lines); 0: leave
+#                       passwords alone
+#   HUB_GATEWAY_ADDRESS the gateway's public address (its proxy), e.g. http://127.0.0.1:8000,
+#                       for etc/dask/gateway.yaml (that address, `auth: jupyterhub`), which the
+#                       users' servers find through DASK_CONFIG; empty: the servers use the
+#                       site's /etc/dask/gateway.yaml
+# The gateway needs no hub token of its own: see README, "Connect your site's users".
+# Everything under the prefix is root's alone (umask 077) except what users' servers run or
+# read: venv/, node_modules/ (the proxy runs as root, but harmless to read) and etc/.
+# This is a dev/test hub on loopback ports over plain http: see the README for a site's.
 set -euo pipefail
+umask 077
 export PATH="/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 # npm hangs without a home (its cache and config live there); pip wants one for its cache.
 export HOME=${HOME:-$(getent passwd "$(id -un)" | cut -d: -f6)}
@@ -53,8 +56,17 @@ chp_version="4.6.3"
 log_msg() { echo "jupyterhub.sh: $*" >&2; }
 
 running() {
-    [ -f "$pidfile" ] && kill -0 "$(cat "$pidfile")" 2>/dev/null \
-        && grep -q jupyterhub "/proc/$(cat "$pidfile")/cmdline" 2>/dev/null
+    local pid
+    [ -f "$pidfile" ] && pid=$(cat "$pidfile") && kill -0 "$pid" 2>/dev/null || return 1
+    # our hub (root's, from this prefix), not another process that got the pid since
+    [ "$(stat -c %u "/proc/$pid")" = 0 ] \
+        && grep -qF "$prefix/venv/bin/jupyterhub" "/proc/$pid/cmdline" 2>/dev/null
+}
+
+# listener_uid PORT: the uid owning the socket listening on 127.0.0.1:PORT (empty if none).
+listener_uid() {
+    awk -v addr="$(printf '0100007F:%04X' "$1")" \
+        'NR > 1 && $2 == addr && $4 == "0A" { print $8; exit }' /proc/net/tcp
 }
 
 answering() {
@@ -89,9 +101,13 @@ install_proxy() {
         "configurable-http-proxy@$chp_version"
 }
 
-# secret FILE: create a random hex token in FILE (0600) once; print it.
+# secret FILE: create a random hex token in FILE (0600, root's) once; print it.
 secret() {
-    [ -s "$1" ] || (umask 077 && openssl rand -hex 32 > "$1")
+    if [ -L "$1" ] || { [ -e "$1" ] && [ ! -f "$1" ]; }; then
+        log_msg "$1 is not a regular file"; exit 1
+    fi
+    [ -s "$1" ] || openssl rand -hex 32 > "$1"
+    chown root:root "$1" && chmod 0600 "$1"
     cat "$1"
 }
 
@@ -100,8 +116,7 @@ set_user_passwords() {
     (umask 077 && : > "$file.new")
     for user in $users; do
         id "$user" >/dev/null 2>&1 || { log_msg "no such user: $user"; exit 1; }
-        password=$(grep "^$user:" "$file" 2>/dev/null | cut -d: -f2- || true)
-        [ -n "$password" ] || password=$(openssl rand -hex 12)
+        password=$(openssl rand -hex 12)
         echo "$user:$password" | chpasswd
         echo "$user:$password" >> "$file.new"
     done
@@ -122,11 +137,9 @@ write_client_config() {
 write_config() {
     install -d -m 0755 "$prefix/etc"
     install -d -m 0700 "$prefix/state" "$prefix/secrets" "$prefix/run" "$prefix/log"
-    # The hub refuses to start with a cookie secret others could read (once seen here as
-    # 0644 after a first start, cause unknown): the script makes it, and keeps it 0600.
+    chmod -R go-rwx "$prefix/state" "$prefix/secrets" "$prefix/run" "$prefix/log"
     secret "$prefix/state/jupyterhub_cookie_secret" > /dev/null
-    chmod 0600 "$prefix/state/jupyterhub_cookie_secret"
-    HUB_GATEWAY_TOKEN=$(secret "$prefix/secrets/gateway-api-token") \
+    rm -f "$prefix/secrets/gateway-api-token"  # older versions made one; never used
     HUB_ADMIN_TOKEN=$(secret "$prefix/secrets/admin-api-token") \
     HUB_PREFIX=$prefix HUB_PORT=$port HUB_USERS=$users \
     HUB_GATEWAY_ADDRESS=$gateway_address \
@@ -145,6 +158,12 @@ start_hub() {
         log_msg "already running (pid $(cat "$pidfile"))"
         return 0
     fi
+    local taken
+    taken=$(listener_uid "$port")
+    if [ -n "$taken" ]; then  # someone else's: it would get users' passwords
+        log_msg "127.0.0.1:$port is already taken (by uid $taken); not starting"
+        exit 1
+    fi
     log_msg "starting the hub on http://127.0.0.1:$port (log $log)"
     (
         cd "$prefix/state"
@@ -154,12 +173,16 @@ start_hub() {
         echo $! > "$pidfile"
     )
     for _ in $(seq 1 60); do
-        answering && { log_msg "up (pid $(cat "$pidfile"))"; return 0; }
+        if answering && [ "$(listener_uid "$port")" = 0 ]; then
+            log_msg "up (pid $(cat "$pidfile"))"
+            return 0
+        fi
         running || break
         sleep 1
     done
     log_msg "the hub did not start; the end of $log:"
     tail -n 40 "$log" >&2
+    stop_hub
     exit 1
 }
 
@@ -179,6 +202,12 @@ stop_hub() {
         kill -TERM "$(cat "$chp_pid")" || true
     fi
     rm -f "$pidfile" "$chp_pid"
+    # Users' servers and their kernels run in sessions of their own: a hub killed before its
+    # cleanup leaves them. Anything still running from the hub's venv goes.
+    if pkill -TERM -f -- "$prefix/venv/" 2>/dev/null; then
+        for _ in $(seq 1 10); do pgrep -f -- "$prefix/venv/" >/dev/null || break; sleep 1; done
+        pkill -KILL -f -- "$prefix/venv/" 2>/dev/null || true
+    fi
 }
 
 case "${1:-}" in

@@ -255,6 +255,13 @@ class SlurmGateway(DaskGateway):
         "(the same as the generate-config subcommand).",
         config=True,
     )
+    allow_simple_authenticator = Bool(
+        False,
+        help="""Start even with SimpleAuthenticator (dask-gateway-server's default), which
+        believes whatever user name a client sends. Never on a site: for tests that check
+        what the backend does with such names.""",
+        config=True,
+    )
     flags = {
         "generate-config": (
             {"SlurmGateway": {"generate_config": True}},
@@ -300,7 +307,7 @@ class SlurmGateway(DaskGateway):
             os.umask(0o077)
             super().initialize(argv)
             self._check_config_file()
-            self._warn_if_names_are_trusted()
+            self._refuse_trusted_names()
             share_proxy_token(self.config)
 
     def _check_config_file(self) -> None:
@@ -324,15 +331,21 @@ class SlurmGateway(DaskGateway):
                 self.config_file,
             )
 
-    def _warn_if_names_are_trusted(self) -> None:
-        if issubclass(self.authenticator_class, SimpleAuthenticator):
-            self.log.warning(
-                "The authenticator is %s, which believes whatever user name a client "
-                "sends: any user can start, scale and stop clusters as any other. Never "
-                "run it for a site: set c.SlurmGateway.authenticator_class (README, "
-                '"Connect your site\'s users").',
-                self.authenticator_class.__name__,
-            )
+    def _refuse_trusted_names(self) -> None:
+        """Refuse to start with an authenticator that believes any name (dask-gateway-
+        server's default), unless ``allow_simple_authenticator`` says it is on purpose."""
+        if not issubclass(self.authenticator_class, SimpleAuthenticator):
+            return
+        why = (
+            f"The authenticator is {self.authenticator_class.__name__}, which believes "
+            "whatever user name a client sends: any user could start, scale and stop "
+            "clusters as any other, and run jobs as them. Set "
+            'c.SlurmGateway.authenticator_class (README, "Connect your site\'s users")'
+        )
+        if not self.allow_simple_authenticator:
+            self.log.critical("%s; not starting.", why)
+            self.exit(1)
+        self.log.warning("%s (allowed by allow_simple_authenticator: tests only).", why)
 
 
 main = SlurmGateway.launch_instance

@@ -8,9 +8,12 @@ JupyterHub API token", logged as an ERROR for each request: a forged token looks
 of the gateway, and a flood of them fills its log. Every valid token may identify itself on
 that endpoint (it needs no scope), so a 403 there is about the token, never about the
 gateway's own permissions. This class answers 401 instead, with the reason logged at most
-once per kind every 10 s; everything else is the stock class's: its options
-(``c.JupyterHubAuthenticator.*``, the same name), the ``access:services!service=NAME`` check
-when ``jupyterhub_service_name`` is set, service tokens named ``service:NAME``.
+once per kind every 10 s. It also fails closed where the stock class is lenient: it refuses to
+start without ``jupyterhub_service_name`` (the stock class then accepts every token the hub
+knows), waits at most ``hub_request_timeout`` for the hub (502 after), and refuses an answer
+that does not say whether the token is a user's. Everything else is the stock class's: its
+options (``c.JupyterHubAuthenticator.*``, the same name), the
+``access:services!service=NAME`` check, service tokens named ``service:NAME``.
 
 Configure it with ``c.SlurmGateway.authenticator_class =
 "slurm_gateway.hub_auth.JupyterHubAuthenticator"`` (README, "Connect your site's users").
@@ -20,10 +23,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import aiohttp
 from aiohttp import web
 from dask_gateway_server.auth import JupyterHubAuthenticator as StockJupyterHubAuthenticator
 from dask_gateway_server.auth import unauthorized
 from dask_gateway_server.models import User
+from traitlets import Float
 
 from .munge_core import RateLimitedLog, sanitize
 
@@ -56,7 +61,9 @@ def judge_hub_answer(status: int, model: object, service_name: str | None) -> Hu
     if status >= 400 or not isinstance(model, dict) or not isinstance(model.get("name"), str):
         reason = f"unexpected answer from the hub ({status})"
         return HubAnswer(status=500, reason=reason, kind="hub failed")
-    name, kind = model["name"], model.get("kind", "user")
+    name, kind = model["name"], model.get("kind")
+    if kind not in ("user", "service"):  # JupyterHub always says; fail closed if not
+        return HubAnswer(status=500, reason=f"the hub answered kind {kind!r}", kind="hub failed")
     if kind != "user" or ":" in name:
         name = f"{kind}:{name}"  # a service (or a name that looks like one) is no user's
     if service_name is not None:
@@ -72,7 +79,25 @@ class JupyterHubAuthenticator(StockJupyterHubAuthenticator):
     """dask-gateway's JupyterHubAuthenticator; a token the hub does not know gets 401 (the
     stock class answers 500), the reason logged with a rate limit."""
 
+    hub_request_timeout = Float(
+        10,
+        min=1,
+        help="""Seconds the gateway waits for the hub's answer about a token. A hub that does
+        not answer in time gets the request a 502 (the gateway is not the cause).""",
+        config=True,
+    )
+
     async def setup(self, app: web.Application | None) -> None:
+        if not self.jupyterhub_service_name or not self.use_service_access_scopes:
+            # Without the scope check, every token the hub knows is accepted: other services'
+            # tokens, and OAuth tokens the hub hands users' servers when someone else opens
+            # them (admins, shared servers), which those servers' owners could replay here.
+            raise ValueError(
+                "JupyterHubAuthenticator needs c.JupyterHubAuthenticator."
+                'jupyterhub_service_name = "<the gateway\'s service name in the hub>" '
+                "(and use_service_access_scopes left on), so that only tokens allowed to "
+                "use that service are accepted"
+            )
         await super().setup(app)
         self._refusals = RateLimitedLog(self.log)
 
@@ -80,17 +105,11 @@ class JupyterHubAuthenticator(StockJupyterHubAuthenticator):
         token = self.get_token(request)
         if token is None:
             raise unauthorized("jupyterhub")
-        service = self.jupyterhub_service_name if self.use_service_access_scopes else None
-        async with self.session.get(
-            f"{self.jupyterhub_api_url.rstrip('/')}/user",
-            headers={"Authorization": f"token {token}"},
-            ssl=self.ssl_context,
-        ) as resp:
-            try:
-                model = await resp.json(content_type=None) if resp.status == 200 else None
-            except ValueError:
-                model = None
-            answer = judge_hub_answer(resp.status, model, service)
+        try:
+            answer = await self._ask_hub(token)
+        except (TimeoutError, aiohttp.ClientError) as exc:
+            reason = f"the hub did not answer ({type(exc).__name__})"
+            answer = HubAnswer(status=502, reason=reason, kind="hub failed")
         if answer.user is not None:
             return answer.user
         why = f"JupyterHub token refused from {request.remote}: {sanitize(answer.reason, 200)}"
@@ -99,3 +118,16 @@ class JupyterHubAuthenticator(StockJupyterHubAuthenticator):
             raise unauthorized("jupyterhub")
         error = web.HTTPBadGateway if answer.status == 502 else web.HTTPInternalServerError
         raise error(reason="Failure verifying the JupyterHub API token")
+
+    async def _ask_hub(self, token: str) -> HubAnswer:
+        async with self.session.get(
+            f"{self.jupyterhub_api_url.rstrip('/')}/user",
+            headers={"Authorization": f"token {token}"},
+            ssl=self.ssl_context,
+            timeout=aiohttp.ClientTimeout(total=self.hub_request_timeout),
+        ) as resp:
+            try:
+                model = await resp.json(content_type=None) if resp.status == 200 else None
+            except ValueError:
+                model = None
+            return judge_hub_answer(resp.status, model, self.jupyterhub_service_name)

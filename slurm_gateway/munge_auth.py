@@ -13,7 +13,7 @@ and a nonce remembered here while the credential is young enough), expired (mung
 ``max_age`` on munge's encode time), not restricted to the gateway's service account, whose
 payload names an origin not in ``audiences``, or too large. What this does not stop: a
 credential sent to whoever answers at one of ``audiences`` is only as safe as that origin, so
-use TLS and a port only the service can bind (README, "Munge authentication").
+use TLS and a port only the service can bind (README, "Connect your site's users", Munge).
 """
 
 from __future__ import annotations

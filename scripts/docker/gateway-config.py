@@ -6,7 +6,7 @@
 # credentials over plain http only to a loopback address, so they run in this container
 # (docker compose exec gateway runuser -u alice -- ...) and reach the proxy at
 # 127.0.0.1:8000 (`slurm-gateway client-config --public-host 127.0.0.1` prints their
-# config); from anywhere else the proxy needs TLS (README, "Munge authentication").
+# config); from anywhere else the proxy needs TLS (README, "Connect your site's users", Munge).
 c = get_config()  # noqa: F821
 
 c.SlurmGateway.address = "127.0.0.1:8001"  # private API, reached through the proxy

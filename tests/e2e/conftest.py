@@ -61,6 +61,7 @@ START_TIMEOUT = 25  # the scheduler start timeout of the test gateway, seconds
 # name the client sends: dask-gateway's SimpleAuthenticator. Never a site's; say why it is used.
 SIMPLE_AUTH = (
     'c.SlurmGateway.authenticator_class = "dask_gateway_server.auth.SimpleAuthenticator"\n'
+    "c.SlurmGateway.allow_simple_authenticator = True\n"
 )
 
 

@@ -182,23 +182,31 @@ def test_the_gateway_warns_when_its_config_file_is_missing(tmp_path, caplog):
 
 
 @pytest.mark.parametrize(
-    "authenticator, warned",
+    "authenticator, allowed, outcome",
     [
-        (None, True),  # dask-gateway-server's default
-        ("dask_gateway_server.auth.SimpleAuthenticator", True),
-        ("slurm_gateway.munge_auth.MungeAuthenticator", False),
-        ("slurm_gateway.hub_auth.JupyterHubAuthenticator", False),
+        (None, False, "refused"),  # dask-gateway-server's default
+        ("dask_gateway_server.auth.SimpleAuthenticator", False, "refused"),
+        ("dask_gateway_server.auth.SimpleAuthenticator", True, "warned"),
+        ("slurm_gateway.munge_auth.MungeAuthenticator", False, "quiet"),
+        ("slurm_gateway.hub_auth.JupyterHubAuthenticator", False, "quiet"),
     ],
 )
-def test_the_gateway_warns_when_it_believes_any_name(authenticator, warned, caplog):
-    app = SlurmGateway()
+def test_the_gateway_refuses_to_believe_any_name(authenticator, allowed, outcome, caplog):
+    app = SlurmGateway(allow_simple_authenticator=allowed)
     if authenticator:
         app.authenticator_class = authenticator
     app.log.propagate = True
     with caplog.at_level("WARNING"):
-        app._warn_if_names_are_trusted()
-    assert ("believes whatever user name" in caplog.text) == warned
-    assert ("Connect your site's users" in caplog.text) == warned
+        try:
+            app._refuse_trusted_names()
+            result = "warned" if caplog.text else "quiet"
+        except SystemExit as exit:
+            assert exit.code == 1
+            result = "refused"
+    assert result == outcome
+    if outcome != "quiet":
+        assert "believes whatever user name" in caplog.text
+        assert "Connect your site's users" in caplog.text
 
 
 def test_generate_config_names_backend_options_as_admins_set_them():

@@ -42,17 +42,26 @@ def test_services_and_names_with_a_colon_are_nobodys_account():
 
 @pytest.mark.parametrize(
     "status, model, expected",
-    [(500, None, 502), (503, None, 502), (400, None, 500), (200, "text", 500), (200, {}, 500)],
+    [
+        (500, None, 502),
+        (503, None, 502),
+        (400, None, 500),
+        (200, "text", 500),
+        (200, {}, 500),
+        (200, {"name": "alice", "scopes": [ACCESS]}, 500),  # no kind: fail closed
+        (200, {**ALICE, "kind": "group"}, 500),
+    ],
 )
 def test_hub_failures_are_not_the_users_fault(status, model, expected):
     assert judge_hub_answer(status, model, "dask-gateway").status == expected
 
 
-async def _authenticate(header: str | None) -> int | str:
-    """Authenticate one request carrying ``header`` against a fake hub: the user's name, or
-    the HTTP status of the refusal."""
+async def _authenticate(header: str | None, hub_delay: float = 0) -> int | str:
+    """Authenticate one request carrying ``header`` against a fake hub (answering after
+    ``hub_delay`` seconds): the user's name, or the HTTP status of the refusal."""
 
     async def user(request: web.Request) -> web.Response:
+        await asyncio.sleep(hub_delay)
         if request.headers.get("Authorization") == "token good":
             return web.json_response(ALICE)
         return web.json_response({"status": 403, "message": "Forbidden"}, status=403)
@@ -62,8 +71,8 @@ async def _authenticate(header: str | None) -> int | str:
     async with TestServer(app) as hub:
         auth = JupyterHubAuthenticator(
             jupyterhub_api_url=str(hub.make_url("/hub/api")),
-            jupyterhub_api_token="service-token",
             jupyterhub_service_name="dask-gateway",
+            hub_request_timeout=1,
             log=logging.getLogger("test-hub-auth"),
         )
         await auth.setup(None)
@@ -84,3 +93,43 @@ def test_against_a_hub_forged_tokens_get_401_and_a_log_line(caplog):
     assert "secret-forged-7f3a" not in caplog.text  # the token is never logged
     assert asyncio.run(_authenticate(None)) == 401
     assert asyncio.run(_authenticate("Basic YWxpY2U6")) == 401
+
+
+def test_a_hub_that_does_not_answer_in_time_gets_the_request_a_502(caplog):
+    caplog.set_level(logging.WARNING)
+    assert asyncio.run(_authenticate("jupyterhub good", hub_delay=3)) == 502
+    assert "the hub did not answer" in caplog.text
+
+
+def test_an_unreachable_hub_gets_the_request_a_502():
+    async def attempt() -> int:
+        auth = JupyterHubAuthenticator(
+            jupyterhub_api_url="http://127.0.0.1:9/hub/api",  # discard port: refused
+            jupyterhub_service_name="dask-gateway",
+            log=logging.getLogger("test-hub-auth"),
+        )
+        await auth.setup(None)
+        try:
+            await auth.authenticate(
+                make_mocked_request("GET", "/", headers={"Authorization": "jupyterhub t"})
+            )
+        except web.HTTPException as exc:
+            return exc.status
+        finally:
+            await auth.cleanup()
+        return 200
+
+    assert asyncio.run(attempt()) == 502
+
+
+@pytest.mark.parametrize(
+    "settings",
+    [{}, {"jupyterhub_service_name": "dask-gateway", "use_service_access_scopes": False}],
+)
+def test_it_refuses_to_start_without_the_service_scope_check(settings, monkeypatch):
+    monkeypatch.delenv("JUPYTERHUB_SERVICE_NAME", raising=False)
+    auth = JupyterHubAuthenticator(
+        jupyterhub_api_url="http://127.0.0.1:9/hub/api", log=logging.getLogger("t"), **settings
+    )
+    with pytest.raises(ValueError, match="jupyterhub_service_name"):
+        asyncio.run(auth.setup(None))
