@@ -15,7 +15,7 @@ import time
 from benchmarks.gateways import COUNTED_COMMANDS, BenchGateway
 from benchmarks.host import OURS_PYTHON, REPO, USER, BenchError, log
 from harness.gateway import SERVICE_ACCOUNT
-from harness.processes import all_pids, cmdline, command_as, run
+from harness.processes import cmdline, command_as, pids_of, run
 
 _SDIAG_LINE = re.compile(r"^\s+(\S+)\s+\(\s*(\d+)\)\s+count:(\d+)")
 
@@ -43,16 +43,7 @@ def sdiag_counts() -> tuple[dict[str, int], dict[str, int]]:
 def other_gateways(mine: set[int]) -> list[str]:
     """Gateway processes of the service account that this benchmark did not start."""
     uid = pwd.getpwnam(SERVICE_ACCOUNT).pw_uid
-    found = []
-    for pid in all_pids():
-        try:
-            owner = os.stat(f"/proc/{pid}").st_uid
-        except OSError:
-            continue
-        line = cmdline(pid)
-        if owner == uid and pid not in mine and "gateway" in line:
-            found.append(f"{pid}: {line[:120]}")
-    return found
+    return [f"{pid}: {cmdline(pid)[:120]}" for pid in pids_of(uid, "gateway") if pid not in mine]
 
 
 def _user_rpcs(user: str) -> int:

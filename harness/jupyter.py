@@ -3,6 +3,10 @@ only: log in with the user's PAM password (the hub's login form), make a token, 
 user's server through the hub's API, start a kernel through the server's REST API and run
 code over the kernel's websocket (Jupyter messaging: ``execute_request`` on the shell
 channel, output from iopub), stop the server.
+
+Passwords and tokens go only to a hub port whose listener is root's (``Hub.check_listener``):
+any local account may bind a free loopback port, and one squatting the hub's port while the
+hub is down must not receive alice's password.
 """
 
 from __future__ import annotations
@@ -17,8 +21,19 @@ import uuid
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
-from harness.processes import HarnessError, wait_until
+from harness.processes import HarnessError, listener_uid, wait_until
 from harness.websocket import WebSocket
+
+TOKEN_LIFETIME = 3600  # seconds: the harness's tokens do not pile up in the hub's database
+
+
+@dataclass(frozen=True)
+class Session:
+    """A logged-in browser: its cookies (in ``opener``) and the ``_xsrf`` value the hub wants
+    back in ``X-XSRFToken`` with requests made with those cookies."""
+
+    opener: urllib.request.OpenerDirector
+    xsrf: str
 
 
 @dataclass
@@ -66,13 +81,32 @@ def request(
 class Hub:
     """A JupyterHub at ``url`` (``http://127.0.0.1:PORT``)."""
 
-    def __init__(self, url: str, admin_token: str | None = None):
+    def __init__(self, url: str):
         self.url = url.rstrip("/")
         self.api = f"{self.url}/hub/api"
-        self.admin_token = admin_token
+        self.port = urllib.parse.urlsplit(self.url).port or 80
 
-    def login(self, user: str, password: str) -> urllib.request.OpenerDirector:
-        """Log in through the hub's login form (PAM); an opener holding the session cookies."""
+    def check_listener(self) -> None:
+        """Raise HarnessError unless the hub's port on 127.0.0.1 is root's (the hub's proxy):
+        called before a password or token is sent there."""
+        uid = listener_uid(self.port)
+        if uid != 0:
+            who = "nobody" if uid is None else f"uid {uid}, not root"
+            raise HarnessError(
+                f"127.0.0.1:{self.port} is listened on by {who}: not the hub; "
+                "no password or token is sent there"
+            )
+
+    def request(
+        self, url: str, method: str = "GET", token: str | None = None, **kwargs
+    ) -> tuple[int, object]:
+        """:func:`request` to the hub's port, after :meth:`check_listener`."""
+        self.check_listener()
+        return request(url, method, token, **kwargs)
+
+    def login(self, user: str, password: str) -> Session:
+        """Log in through the hub's login form (PAM); raises HarnessError if refused."""
+        self.check_listener()
         jar = http.cookiejar.CookieJar()
         opener = urllib.request.build_opener(urllib.request.HTTPCookieProcessor(jar))
         with opener.open(f"{self.url}/hub/login", timeout=30) as resp:
@@ -80,6 +114,7 @@ class Hub:
         xsrf = next((c.value for c in jar if c.name == "_xsrf"), "")
         form = urllib.parse.urlencode({"username": user, "password": password, "_xsrf": xsrf})
         req = urllib.request.Request(f"{self.url}/hub/login?next=", data=form.encode())
+        self.check_listener()
         try:
             with opener.open(req, timeout=60) as resp:
                 resp.read()
@@ -89,40 +124,38 @@ class Hub:
             c.name.startswith("jupyterhub-hub-login") for c in jar
         ):
             raise HarnessError(f"login as {user} refused (no session cookie)")
-        opener.xsrf = next((c.value for c in jar if c.name == "_xsrf"), xsrf)
-        return opener
+        return Session(opener, next((c.value for c in jar if c.name == "_xsrf"), xsrf))
 
     def user_token(
-        self, user: str, password: str, expires_in: int | None = None, note: str = "harness"
+        self, user: str, password: str, expires_in: int = TOKEN_LIFETIME, note: str = "harness"
     ) -> str:
         """A token of ``user``'s own, made after logging in with the password, as a user does
-        on the hub's token page (``expires_in`` seconds; None: no expiry)."""
-        opener = self.login(user, password)
-        body = {"note": note, **({"expires_in": expires_in} if expires_in else {})}
-        status, answer = request(
+        on the hub's token page, valid ``expires_in`` seconds."""
+        session = self.login(user, password)
+        status, answer = self.request(
             f"{self.api}/users/{user}/tokens",
             "POST",
-            body=body,
-            opener=opener,
-            headers={"X-XSRFToken": opener.xsrf, "Referer": f"{self.url}/hub/token"},
+            body={"note": note, "expires_in": expires_in},
+            opener=session.opener,
+            headers={"X-XSRFToken": session.xsrf, "Referer": f"{self.url}/hub/token"},
         )
         if status != 201:
             raise HarnessError(f"token for {user}: {status} {answer}")
         return answer["token"]
 
     def whoami(self, token: str) -> tuple[int, object]:
-        return request(f"{self.api}/user", token=token)
+        return self.request(f"{self.api}/user", token=token)
 
     def server_state(self, user: str, token: str) -> dict | None:
         """The user's default server as the hub reports it (None: not running)."""
-        status, model = request(f"{self.api}/users/{user}", token=token)
+        status, model = self.request(f"{self.api}/users/{user}", token=token)
         if status != 200:
             raise HarnessError(f"user {user}: {status} {model}")
         return model.get("servers", {}).get("")
 
     def start_server(self, user: str, token: str, timeout: float = 120) -> None:
         """Start the user's server (POST .../server) and wait until the hub says it is ready."""
-        status, answer = request(f"{self.api}/users/{user}/server", "POST", token=token)
+        status, answer = self.request(f"{self.api}/users/{user}/server", "POST", token=token)
         if status not in (201, 202, 400):  # 400: already running
             raise HarnessError(f"starting {user}'s server: {status} {answer}")
 
@@ -135,7 +168,7 @@ class Hub:
 
     def stop_server(self, user: str, token: str, timeout: float = 60) -> None:
         """Stop the user's server and wait until the hub has none."""
-        status, answer = request(f"{self.api}/users/{user}/server", "DELETE", token=token)
+        status, answer = self.request(f"{self.api}/users/{user}/server", "DELETE", token=token)
         if status not in (202, 204, 400):
             raise HarnessError(f"stopping {user}'s server: {status} {answer}")
         if not wait_until(lambda: self.server_state(user, token) is None, timeout, 1):
@@ -149,25 +182,41 @@ class SingleUser:
     """The user's single-user server, reached through the hub's proxy with the user's token."""
 
     def __init__(self, hub: Hub, user: str, token: str):
+        self.hub = hub
         self.base = f"{hub.url}/user/{user}"
         self.user = user
         self.token = token
+        self.kernels: list[str] = []  # started here and not shut down yet
 
     def start_kernel(self, name: str = "python3") -> str:
-        status, model = request(
+        status, model = self.hub.request(
             f"{self.base}/api/kernels", "POST", token=self.token, body={"name": name}
         )
         if status != 201:
             raise HarnessError(f"starting a kernel for {self.user}: {status} {model}")
+        self.kernels.append(model["id"])
         return model["id"]
 
+    def interrupt_kernel(self, kernel_id: str) -> None:
+        """Interrupt what the kernel runs (SIGINT: KeyboardInterrupt in the cell)."""
+        url = f"{self.base}/api/kernels/{kernel_id}/interrupt"
+        status, answer = self.hub.request(url, "POST", token=self.token)
+        if status != 204:
+            raise HarnessError(f"interrupting {self.user}'s kernel: {status} {answer}")
+
     def shutdown_kernel(self, kernel_id: str) -> None:
-        request(f"{self.base}/api/kernels/{kernel_id}", "DELETE", token=self.token)
+        url = f"{self.base}/api/kernels/{kernel_id}"
+        status, answer = self.hub.request(url, "DELETE", token=self.token)
+        if status not in (204, 404):  # 404: gone already
+            raise HarnessError(f"shutting down {self.user}'s kernel: {status} {answer}")
+        if kernel_id in self.kernels:
+            self.kernels.remove(kernel_id)
 
     def run(self, kernel_id: str, code: str, timeout: float = 300) -> Execution:
         """Run ``code`` in the kernel over its websocket, as JupyterLab does; return what it
         printed, returned or raised once the kernel is idle again."""
         url = self.base.replace("http://", "ws://", 1) + f"/api/kernels/{kernel_id}/channels"
+        self.hub.check_listener()
         ws = WebSocket(
             f"{url}?session_id={uuid.uuid4().hex}", {"Authorization": f"token {self.token}"}
         )

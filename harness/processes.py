@@ -3,9 +3,11 @@ Unix account (in a process group of its own, output to a log file) and stop it a
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import pwd
 import signal
+import struct
 import subprocess
 import time
 from collections.abc import Callable
@@ -156,3 +158,62 @@ def cmdline(pid: int) -> str:
         return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode().strip()
     except OSError:
         return ""
+
+
+def pids_of(uid: int, needle: str) -> list[int]:
+    """The processes of the account ``uid`` whose command line contains ``needle``."""
+    found = []
+    for pid in all_pids():
+        try:
+            owner = os.stat(f"/proc/{pid}").st_uid
+        except OSError:
+            continue
+        if owner == uid and needle in cmdline(pid):
+            found.append(pid)
+    return found
+
+
+LISTEN = "0A"  # the state column of a listening socket in /proc/net/tcp
+# Addresses whose listener answers a connection to 127.0.0.1.
+_LOOPBACK_REACHING = {
+    ipaddress.ip_address(a) for a in ("127.0.0.1", "0.0.0.0", "::", "::ffff:127.0.0.1")
+}
+
+
+def _proc_net_address(text: str) -> tuple[ipaddress.IPv4Address | ipaddress.IPv6Address, int]:
+    """``0100007F:4650`` (each 32-bit word in the host's byte order) -> (address, port)."""
+    address, port = text.split(":")
+    words = [int(address[i : i + 8], 16) for i in range(0, len(address), 8)]
+    return ipaddress.ip_address(struct.pack(f"={len(words)}I", *words)), int(port, 16)
+
+
+def listener_uids(port: int, tables: list[str]) -> set[int]:
+    """The owners (uids) of the sockets listening on a port that connections to
+    127.0.0.1:``port`` reach, from texts in the format of /proc/net/tcp and tcp6."""
+    owners = set()
+    for table in tables:
+        for line in table.splitlines()[1:]:
+            fields = line.split()
+            if len(fields) < 8 or fields[3] != LISTEN:
+                continue
+            address, local_port = _proc_net_address(fields[1])
+            if local_port == port and address in _LOOPBACK_REACHING:
+                owners.add(int(fields[7]))
+    return owners
+
+
+def listener_uid(port: int, tables: list[str] | None = None) -> int | None:
+    """The uid owning the listener that a connection to 127.0.0.1:``port`` reaches (None: no
+    listener); ``tables``: /proc/net/tcp and /proc/net/tcp6 (read if not given). Raises
+    HarnessError if accounts of more than one uid listen there."""
+    if tables is None:
+        tables = []
+        for name in ("tcp", "tcp6"):
+            try:
+                tables.append(Path(f"/proc/net/{name}").read_text())
+            except OSError:
+                pass
+    owners = listener_uids(port, tables)
+    if len(owners) > 1:
+        raise HarnessError(f"127.0.0.1:{port} has listeners of several uids: {sorted(owners)}")
+    return owners.pop() if owners else None

@@ -32,13 +32,17 @@ from harness.slurm import slurm_now, submitted_since, user_jobs
 # Names the test modules import from here, besides the fixtures.
 __all__ = [
     "CLIENT_PRELUDE",
+    "ERROR_OF",
     "PYTHON",
+    "REPO",
     "RUNUSER",
     "SERVICE_ACCOUNT",
     "SIMPLE_AUTH",
     "START_TIMEOUT",
     "USERS",
     "Gateway",
+    "assert_refused",
+    "assert_still_running",
     "depot",
     "jobs_of",
     "munge_credential",
@@ -303,6 +307,11 @@ def running_cluster(workers):
     cluster.get_client().wait_for_workers(workers, timeout=120)
     return cluster.name
 
+"""
+
+# error_of(call, *args): the error ``call`` raised ("Type: message"), or None. Also for code
+# that runs elsewhere (a notebook's kernel); needs ``import gc``.
+ERROR_OF = """\
 def error_of(call, *args, **kwargs):
     try:
         call(*args, **kwargs)
@@ -315,6 +324,7 @@ def error_of(call, *args, **kwargs):
         gc.collect()
     return None
 """
+CLIENT_PRELUDE += ERROR_OF
 
 
 DEPOT = Path("/depot")

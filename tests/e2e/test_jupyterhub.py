@@ -12,6 +12,10 @@ API, kernels through the servers' REST API, and the code goes over the kernel we
 the hub gives their servers (``gateway.yaml``: the gateway's address, ``auth: jupyterhub``),
 and authenticates with the server's own ``JUPYTERHUB_API_TOKEN``. One cluster in the module.
 The first run installs the hub under ``HUB_PREFIX`` (pip and npm, about a minute).
+
+The harness sends passwords and tokens only to a hub port that root listens on, and whatever
+fails, the module leaves no server or kernel of alice or bob running (the ``hub`` fixture) and
+no cluster of alice's (the test's ``finally``).
 """
 
 from __future__ import annotations
@@ -20,18 +24,27 @@ import json
 import os
 import pwd
 import time
-import urllib.error
 import urllib.request
 from pathlib import Path
 
 import pytest
-from conftest import REPO, USERS, assert_refused, run, user_jobs, wait_until
+from conftest import ERROR_OF, REPO, USERS, assert_refused, run, user_jobs, wait_until
 
-from harness.jupyter import Hub, SingleUser
-from harness.processes import all_pids
+from harness.jupyter import Hub, SingleUser, request
+from harness.processes import (
+    HarnessError,
+    cmdline,
+    descendants,
+    kill_exact,
+    listener_uid,
+    pids_of,
+    start_as,
+    stop,
+)
 
 HUB_PREFIX = Path(os.environ.get("HUB_PREFIX", "/opt/slurm-gateway/hub"))
-# The hub's public port; +1 its API, +2 the proxy's API, +10/+11 the users' servers.
+# The hub's public port (its proxy); +1 the hub's API, +2 the proxy's API. The users' servers
+# get ports the hub picks.
 HUB_PORT = int(os.environ.get("HUB_PORT", "18600"))
 HUB_URL = f"http://127.0.0.1:{HUB_PORT}"
 # make_gateway's first gateway (asserted below)
@@ -51,29 +64,34 @@ def hub_script(action: str) -> None:
     assert out.returncode == 0, f"jupyterhub.sh {action}:\n{out.stdout}\n{out.stderr[-3000:]}"
 
 
-def singleuser_pids(user: str) -> list[int]:
-    """The user's jupyterhub-singleuser processes (by owner and command line)."""
-    uid = pwd.getpwnam(user).pw_uid
-    found = []
-    for pid in all_pids():
-        try:
-            owner = os.stat(f"/proc/{pid}").st_uid
-            cmd = Path(f"/proc/{pid}/cmdline").read_bytes()
-        except OSError:
-            continue
-        if owner == uid and b"jupyterhub-singleuser" in cmd:
-            found.append(pid)
-    return found
+def hub_processes(user: str) -> list[int]:
+    """The user's processes run from the hub's venv: servers and their kernels."""
+    return pids_of(pwd.getpwnam(user).pw_uid, str(HUB_PREFIX / "venv"))
+
+
+def leftover_hub_processes() -> dict[int, str]:
+    """alice's and bob's servers and kernels still running after the hub's ``down``
+    (waited for), killed: pid -> command line."""
+    wait_until(lambda: not any(hub_processes(user) for user in USERS), 30)
+    left = {pid: cmdline(pid) for user in USERS for pid in hub_processes(user)}
+    for pid in left:
+        kill_exact(descendants(pid))
+    return left
 
 
 @pytest.fixture(scope="module")
 def hub():
-    """The hub, up for the module (alice and bob may log in), then down with their servers."""
-    hub_script("up")
-    yield Hub(HUB_URL)
-    hub_script("down")
-    for user in USERS:
-        assert wait_until(lambda user=user: not singleuser_pids(user), 30), f"{user}'s server"
+    """The hub, up for the module (alice and bob may log in), then down, whatever happened;
+    a server or kernel of theirs still running after that is killed and fails the test."""
+    try:
+        hub_script("up")
+        yield Hub(HUB_URL)
+    finally:
+        try:
+            hub_script("down")
+        finally:
+            left = leftover_hub_processes()
+            assert not left, f"still running after the hub's down (killed): {left}"
 
 
 @pytest.fixture(scope="module")
@@ -83,22 +101,24 @@ def passwords(hub) -> dict[str, str]:
 
 
 def hub_gateway_config() -> str:
-    """The gateway's config lines for the hub: its token there, the hub's API, the service."""
-    token = (HUB_PREFIX / "secrets" / "gateway-api-token").read_text().strip()
+    """The gateway's config lines for the hub: the hub's API and the gateway's service name
+    there (the gateway asks the hub about each user's token with that token itself)."""
     return f"""
     c.SlurmGateway.authenticator_class = "slurm_gateway.hub_auth.JupyterHubAuthenticator"
     c.JupyterHubAuthenticator.jupyterhub_api_url = "{HUB_URL}/hub/api"
-    c.JupyterHubAuthenticator.jupyterhub_api_token = "{token}"
     c.JupyterHubAuthenticator.jupyterhub_service_name = "dask-gateway"
     """
 
 
-def notebook(hub: Hub, user: str, password: str) -> tuple[SingleUser, str]:
-    """Log ``user`` in, start their server through the hub's API and a kernel in it."""
+def notebook(hub: Hub, user: str, password: str, opened: list[SingleUser]) -> SingleUser:
+    """Log ``user`` in, start their server through the hub's API and a kernel in it (the
+    server's ``kernels[0]``); the server goes into ``opened`` once it may exist."""
     token = hub.user_token(user, password, note="test_jupyterhub")
-    hub.start_server(user, token)
     server = hub.server(user, token)
-    return server, server.start_kernel()
+    opened.append(server)
+    hub.start_server(user, token)
+    server.start_kernel()
+    return server
 
 
 def cell(server: SingleUser, kernel: str, code: str, timeout: float = 300) -> dict:
@@ -108,16 +128,68 @@ def cell(server: SingleUser, kernel: str, code: str, timeout: float = 300) -> di
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
+# Run in alice's kernel after the test, whatever happened: every cluster of hers goes.
+STOP_ALICES_CLUSTERS = """
+try:
+    gateway
+except NameError:
+    from dask_gateway import Gateway
+    gateway = Gateway()
+for c in gateway.list_clusters():
+    gateway.stop_cluster(c.name)
+"""
+
+
+def stop_alices_clusters(server: SingleUser, kernel: str) -> None:
+    out = server.run(kernel, STOP_ALICES_CLUSTERS, timeout=120)
+    if out.error is not None:
+        raise HarnessError(f"{out.error}\n{''.join(out.traceback)[-2000:]}")
+
+
+def close_notebooks(servers: list[SingleUser]) -> list[str]:
+    """After the test: interrupt alice's kernel and stop her clusters from it (bounded), shut
+    the kernels down, stop the servers. Returns what failed (each step is tried)."""
+    problems = []
+
+    def attempt(what: str, step, *args) -> None:
+        try:
+            step(*args)
+        except Exception as exc:  # noqa: BLE001 (the other steps still run)
+            problems.append(f"{what}: {type(exc).__name__}: {exc}")
+
+    for server in servers:
+        if server.user == "alice" and server.kernels:
+            kernel = server.kernels[0]
+            attempt("interrupting alice's kernel", server.interrupt_kernel, kernel)
+            attempt("stopping alice's clusters", stop_alices_clusters, server, kernel)
+        for kernel in list(server.kernels):
+            attempt(f"shutting down {server.user}'s kernel", server.shutdown_kernel, kernel)
+        attempt(
+            f"stopping {server.user}'s server", server.hub.stop_server, server.user, server.token
+        )
+    return problems
+
+
+# A process that listens on a port and prints whatever connects (the squatter test).
+SQUATTER_PORT = HUB_PORT + 5
+SQUATTER = """
+import socket
+server = socket.socket()
+server.bind(("127.0.0.1", {port}))
+server.listen()
+print("connected:", server.accept(), flush=True)
+"""
+
+
 def gateway_status(gateway, token: str) -> int:
     """The gateway's answer to one cluster listing with ``token`` as a hub token."""
-    request = urllib.request.Request(
-        f"{gateway.address}/api/v1/clusters/", headers={"Authorization": f"jupyterhub {token}"}
-    )
-    try:
-        with urllib.request.urlopen(request, timeout=30) as response:
-            return response.status
-    except urllib.error.HTTPError as exc:
-        return exc.code
+    url = f"{gateway.address}/api/v1/clusters/"
+    return request(url, headers={"Authorization": f"jupyterhub {token}"})[0]
+
+
+def is_dask_dashboard(page: str) -> bool:
+    """The page is Dask's dashboard (a Bokeh application titled Dask's)."""
+    return "Dask" in page and "bokeh" in page.lower()
 
 
 # alice's notebook: the Purdue guide, as she types it.
@@ -133,8 +205,10 @@ client.wait_for_workers(2, timeout=180)
 task_uids = client.gather(client.map(lambda _: os.getuid(), range(8), pure=False))
 with urllib.request.urlopen(cluster.dashboard_link, timeout=30) as response:
     dashboard = response.status
+    dashboard_page = response.read(1_000_000).decode(errors="replace")
 print(json.dumps(dict(
     name=cluster.name, uid=os.getuid(), task_uids=sorted(set(task_uids)), dashboard=dashboard,
+    dashboard_page=dashboard_page,
     link=cluster.dashboard_link, auth=type(gateway.auth).__name__, address=gateway.address,
 )))
 """
@@ -149,19 +223,8 @@ print(json.dumps(dict(
 )))
 """
 
+BOB_PRELUDE = "import gc, json, os\nfrom dask_gateway import Gateway\n\n" + ERROR_OF
 BOB_TRIES = """
-import gc, json, os
-from dask_gateway import Gateway
-
-def error_of(call, *args):
-    try:
-        call(*args)
-    except Exception as exc:
-        return f"{{type(exc).__name__}}: {{exc}}"
-    finally:
-        gc.collect()  # see tests/e2e/conftest.py, CLIENT_PRELUDE
-    return None
-
 gateway = Gateway()
 print(json.dumps(dict(
     uid=os.getuid(),
@@ -184,37 +247,65 @@ def test_purdue_guide_in_alices_notebook_and_bob_cannot_touch_her_cluster(
     assert "type: jupyterhub" in (gateway.client_config / "gateway.yaml").read_text()
     alice_uid, bob_uid = (pwd.getpwnam(user).pw_uid for user in ("alice", "bob"))
 
-    alice_server, alice_kernel = notebook(hub, "alice", passwords["alice"])
-    servers = []
+    servers: list[SingleUser] = []
     try:
-        servers.append(alice_server)
-        assert singleuser_pids("alice"), "alice's server does not run as alice"
+        alice_server = notebook(hub, "alice", passwords["alice"], servers)
+        alice_kernel = alice_server.kernels[0]
+        assert any("jupyterhub-singleuser" in cmdline(pid) for pid in hub_processes("alice")), (
+            "alice's server does not run as alice"
+        )
         alice = cell(alice_server, alice_kernel, ALICE_GUIDE.format(conda_env=alice_env))
+        page = alice.pop("dashboard_page")
         assert (alice["uid"], alice["task_uids"]) == (alice_uid, [alice_uid])
         assert (alice["auth"], alice["address"]) == ("JupyterHubAuth", GATEWAY_ADDRESS)
         assert alice["dashboard"] == 200 and alice["link"].startswith(GATEWAY_ADDRESS), alice
+        assert is_dask_dashboard(page), page[:2000]
         with urllib.request.urlopen(alice["link"], timeout=30) as response:  # through the proxy
             assert response.status == 200
+            page = response.read(1_000_000).decode(errors="replace")
+        assert is_dask_dashboard(page), page[:2000]
         assert any("scheduler" in line for line in user_jobs("alice")), user_jobs("alice")
 
-        bob_server, bob_kernel = notebook(hub, "bob", passwords["bob"])
-        servers.append(bob_server)
-        bob = cell(bob_server, bob_kernel, BOB_TRIES.format(name=alice["name"]))
+        bob_server = notebook(hub, "bob", passwords["bob"], servers)
+        bob_tries = BOB_PRELUDE + BOB_TRIES.format(name=alice["name"])
+        bob = cell(bob_server, bob_server.kernels[0], bob_tries)
         assert bob["uid"] == bob_uid and alice["name"] not in bob["listed"]
         assert_refused(bob, ("connect", "scale", "adapt", "stop"))
 
         after = cell(alice_server, alice_kernel, ALICE_AFTER)
         assert after["still_listed"] and after["after"] == alice_uid
         assert alice["name"] not in after["left"]
-    finally:
-        if servers:  # whatever happened, her cluster goes (no job may be left)
-            try:
-                alice_server.run(alice_kernel, "cluster.shutdown()", timeout=120)
-            except Exception:
-                pass  # no cluster, or no kernel: the check of her jobs below tells
-        for server in servers:
-            hub.stop_server(server.user, server.token)
+    finally:  # whatever happened: her clusters, the kernels and the servers go
+        problems = close_notebooks(servers)
+    assert not problems, problems
     assert wait_until(lambda: not user_jobs("alice"), 60), user_jobs("alice")
+
+
+def test_hub_login_takes_only_the_users_own_password(hub, passwords):
+    """The hub's login is real (PAM): a wrong password, or another user's, is refused."""
+    with pytest.raises(HarnessError, match="login as alice refused"):
+        hub.login("alice", passwords["alice"] + "x")
+    with pytest.raises(HarnessError, match="login as alice refused"):
+        hub.login("alice", passwords["bob"])
+    assert hub.login("alice", passwords["alice"]).xsrf  # her own is taken
+
+
+def test_no_password_goes_to_a_port_squatter(hub, passwords, tmp_path):
+    """mallory listening on a loopback port (as anyone may) gets no login sent there: the
+    harness sends passwords only where root listens."""
+    squatter = start_as(
+        "mallory",
+        ["/usr/bin/python3", "-c", SQUATTER.format(port=SQUATTER_PORT)],
+        tmp_path / "squatter.log",
+    )
+    try:
+        mallory = pwd.getpwnam("mallory").pw_uid
+        assert wait_until(lambda: listener_uid(SQUATTER_PORT) == mallory, 10)
+        with pytest.raises(HarnessError, match=f"uid {mallory}, not root"):
+            Hub(f"http://127.0.0.1:{SQUATTER_PORT}").login("alice", passwords["alice"])
+    finally:
+        stop(squatter)
+    assert (tmp_path / "squatter.log").read_text() == ""  # no connection reached it
 
 
 def test_forged_and_expired_hub_tokens_get_401(hub, passwords, make_gateway):
@@ -229,10 +320,11 @@ def test_forged_and_expired_hub_tokens_get_401(hub, passwords, make_gateway):
     assert gateway_status(gateway, short_lived) == 401
     # A hub token that may not use the gateway: the hub's admin service's own.
     admin = (HUB_PREFIX / "secrets" / "admin-api-token").read_text().strip()
+    status, model = hub.whoami(admin)
+    assert status == 200 and model["kind"] == "service", (status, model)  # valid at the hub
     assert gateway_status(gateway, admin) == 401
     assert wait_until(lambda: "does not know this token" in gateway.log_tail(200), 10)
     logged = gateway.log.read_bytes()[offset:].decode(errors="replace")
     assert "may not use the service dask-gateway" in logged
     for token in (short_lived, forged, admin):
         assert token not in logged
-    assert not user_jobs(*USERS)
