@@ -84,7 +84,10 @@ class Hub:
     def __init__(self, url: str):
         self.url = url.rstrip("/")
         self.api = f"{self.url}/hub/api"
-        self.port = urllib.parse.urlsplit(self.url).port or 80
+        parts = urllib.parse.urlsplit(self.url)
+        if parts.hostname != "127.0.0.1":  # check_listener reads loopback listeners only
+            raise HarnessError(f"the harness drives a hub on 127.0.0.1 only, not {url}")
+        self.port = parts.port or 80
 
     def check_listener(self) -> None:
         """Raise HarnessError unless the hub's port on 127.0.0.1 is root's (the hub's proxy):
