@@ -63,8 +63,9 @@ USERS = ("alice", "bob")
 START_TIMEOUT = 25  # the scheduler start timeout of the test gateway, seconds
 # Extra config (make_gateway) for the few tests that need an authenticator trusting whatever
 # name the client sends: dask-gateway's SimpleAuthenticator. Never a site's; say why it is used.
+# One line, so that it can be placed in an indented config block (test_load).
 SIMPLE_AUTH = (
-    'c.SlurmGateway.authenticator_class = "dask_gateway_server.auth.SimpleAuthenticator"\n'
+    'c.SlurmGateway.authenticator_class = "dask_gateway_server.auth.SimpleAuthenticator"; '
     "c.SlurmGateway.allow_simple_authenticator = True\n"
 )
 
