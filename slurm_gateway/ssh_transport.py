@@ -231,7 +231,7 @@ class SSHSudoRunner(CommandRunner):
         1, help="Seconds before the first new attempt after a failed connection.", config=True
     )
     reconnect_max = Float(
-        30,
+        10,
         help="Longest wait between connection attempts (the wait doubles after each failure).",
         config=True,
     )
