@@ -59,8 +59,9 @@ def _runner(**options) -> SSHSudoRunner:
     )
 
 
-HOSTILE = ["two words", "it's", '"q"', "x; touch /tmp/slurm-gateway-test-pwned",
-           "$(touch /tmp/slurm-gateway-test-pwned)", "`id`", "l1\nl2", "", "*", "$HOME"]  # fmt: skip
+PWNED = "/tmp/slurm-gateway-test-pwned"
+HOSTILE = ["two words", "it's", '"q"', f"x; touch {PWNED}", f"$(touch {PWNED})", "`id`", "l1\nl2"]
+HOSTILE += ["", "*", "$HOME", "-n"]
 
 
 def test_real_sshd_gets_literal_arguments_the_sudo_rule_and_stops_timed_out_commands(tmp_path):
@@ -78,7 +79,7 @@ def test_real_sshd_gets_literal_arguments_the_sudo_rule_and_stops_timed_out_comm
 
     printed, as_alice, hung, hung_seconds, left = asyncio.run(scenario())
     assert printed.ok and printed.stdout.split("\0")[:-1] == HOSTILE
-    assert not Path("/tmp/slurm-gateway-test-pwned").exists()
+    assert not Path(PWNED).exists()
     # sudo -n -u alice on the login node, refused there: the rule decides, as on a login node.
     assert as_alice.returncode == 1 and "password is required" in as_alice.stderr
     assert "timed out after 2 s" in hung.stopped and hung_seconds < 4
@@ -129,6 +130,7 @@ def test_a_cluster_lives_its_life_through_ssh_on_one_connection(as_user, make_ga
         cluster.shutdown()
         report(total=total, workers_after=workers_after, error=error)
         """,
+        via=gw,
         timeout=300,
     )
     assert result["total"] == sum(range(1, 31))
