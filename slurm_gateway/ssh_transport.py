@@ -339,8 +339,6 @@ class SSHSudoRunner(CommandRunner):
                 stopped = f"timed out after {self.timeout:g} s"
             else:
                 stopped = ""
-            if capture.lost is not None and not stopped:
-                return self._unreachable(argv, f"connection lost: {_describe(capture.lost)}")
             if stopped:
                 await self._stop(chan, capture)
         finally:
@@ -348,7 +346,10 @@ class SSHSudoRunner(CommandRunner):
                 chan.close()
         status = chan.get_exit_status()
         if not stopped and status is None:
-            return self._unreachable(argv, "the command's exit status never came")
+            # The connection broke before the command's end was known: maybe it ran
+            # (a job submitted twice is cancelled by the orphan sweep), maybe not.
+            why = _describe(capture.lost) if capture.lost else "no exit status"
+            return self._unreachable(argv, f"connection lost during the command: {why}")
         return CommandResult(
             argv,
             -1 if stopped else status,

@@ -10,6 +10,7 @@ suite runs through SSH with SLURM_GATEWAY_TEST_TRANSPORT=ssh.
 
 import asyncio
 import os
+import re
 import signal
 import stat
 import time
@@ -100,6 +101,48 @@ def test_an_unknown_host_key_is_never_accepted(tmp_path):
     result = asyncio.run(scenario())
     assert not result.ok and slurm_unreachable(result.stderr), result
     assert "uid=" not in result.stdout
+
+
+def _sshd_processes_serving_this_process() -> list[int]:
+    """The sshd processes at the other end of this process's connections to the login node
+    (found by port in ``ss``: the client socket is ours, the server socket theirs)."""
+    out = run(["ss", "-Htnp", "state", "established"]).stdout
+    host, port = SSH_LOGIN_NODE
+    ours = re.findall(
+        rf"{host}:(\d+)\s+{host}:{port}\s+users:\(\(\"[^\"]+\",pid={os.getpid()},", out
+    )
+    pids = set()
+    for line in out.splitlines():
+        if any(re.search(rf"{host}:{port}\s+{host}:{p}\s", line) for p in ours):
+            pids |= {int(pid) for pid in re.findall(r"pid=(\d+)", line)}
+    return sorted(pids)
+
+
+def test_a_silent_login_node_is_noticed_by_keepalive_and_the_connection_made_again():
+    runner = _runner(timeout=20, keepalive_interval=1, keepalive_count_max=2)
+
+    async def scenario():
+        before = await runner.run(["/usr/bin/id"])
+        frozen = _sshd_processes_serving_this_process()
+        for pid in frozen:  # the connection stays open, but nothing answers on it
+            os.kill(pid, signal.SIGSTOP)
+        try:
+            started = time.monotonic()
+            during = await runner.run(["/usr/bin/id"])
+            noticed = time.monotonic() - started
+            after = await runner.run(["/usr/bin/id"])
+        finally:
+            for pid in frozen:
+                os.kill(pid, signal.SIGKILL)
+                os.kill(pid, signal.SIGCONT)
+        await runner.close()
+        return before, frozen, during, noticed, after
+
+    before, frozen, during, noticed, after = asyncio.run(scenario())
+    assert before.ok and frozen
+    # Not the command timeout (20 s): two missed keepalives of 1 s drop the connection.
+    assert not during.ok and slurm_unreachable(during.stderr) and noticed < 6, (during, noticed)
+    assert after.ok and "uid=" in after.stdout
 
 
 def test_a_cluster_lives_its_life_through_ssh_on_one_connection(as_user, make_gateway):
