@@ -50,14 +50,14 @@ def ssh_gateway(make_gateway, extra_config: str = "", **kwargs):
 
 def _runner(**options) -> SSHSudoRunner:
     host, port = SSH_LOGIN_NODE
-    return SSHSudoRunner(
+    defaults = dict(
         host=host,
         port=port,
         username="slurmgw",
         known_hosts=f"{SSH_DIR}/known_hosts",
         client_keys=[f"{SSH_DIR}/id_ed25519"],
-        **options,
     )
+    return SSHSudoRunner(**{**defaults, **options})
 
 
 PWNED = "/tmp/slurm-gateway-test-pwned"
