@@ -163,7 +163,7 @@ cmd_down() {
     done
     kill -KILL "${pids[@]}" 2>/dev/null || true
     rm -f "$SSHD_DIR/sshd.pid"
-    log "sshd stopped (pid $pid and its ${#pids[@]} processes)"
+    log "sshd stopped (pid $pid, with its sessions: ${#pids[@]} processes)"
 }
 
 cmd_purge() {
