@@ -11,10 +11,19 @@ from collections.abc import Callable
 from pathlib import Path
 
 from benchmarks.host import JOB_PYTHON, LAUNCHER, PORTS, log
-from harness.gateway import GatewayProcess
+from harness.gateway import SLURM_COMMANDS, GatewayProcess
 
 # SLURM query commands the gateways run as the service account, through counting wrappers.
 COUNTED_COMMANDS = ("squeue", "sacct", "scontrol")
+# Scenario 7: SLURM through SSH to the loopback login node of scripts/sshd.sh (the gateway
+# process cannot run SLURM's commands itself: BenchGateway hides them).
+SSH_CONFIG = textwrap.dedent("""\
+    c.SlurmBackend.runner_class = "slurm_gateway.ssh_transport.SSHSudoRunner"
+    c.SSHSudoRunner.host = "127.0.0.1"
+    c.SSHSudoRunner.port = 18722
+    c.SSHSudoRunner.known_hosts = "/var/lib/slurm-gateway/.ssh/known_hosts"
+    c.SSHSudoRunner.client_keys = ["/var/lib/slurm-gateway/.ssh/id_ed25519"]
+    """)
 
 
 def ours_config(name: str, workdir: Path, held: bool) -> str:
@@ -37,6 +46,8 @@ def ours_config(name: str, workdir: Path, held: bool) -> str:
         c.SlurmClusterConfig.scheduler_memory = "{"0.4 G" if held else "1 G"}"
         c.SlurmClusterConfig.walltime = "0-01:00:00"
         """)
+    if "-ssh" in name:
+        lines += SSH_CONFIG
     if held:
         lines += textwrap.dedent("""\
         # Workers stay queued (held): scenarios 2, 4, 5, 6 measure SLURM acceptance,
@@ -114,6 +125,8 @@ class BenchGateway(GatewayProcess):
             self._write_counting_wrapper(command)
         self.prepare_workdir()
         self.install_config(config(self.workdir))
+        if "-ssh" in name:
+            self.hidden = SLURM_COMMANDS
 
     def _write_counting_wrapper(self, command: str) -> None:
         wrapper = self.bin / command

@@ -24,6 +24,7 @@ USER_GROUP = "dask-users"
 
 # Ports (127.0.0.1 only). Each gateway: proxy = port, API = port + 1.
 PORTS = {"ours-live": 19000, "ours-held": 19010, "stock-live": 19100, "stock-held": 19110}
+PORTS["ours-ssh-held"] = 19020  # scenario 7: ours through SSH (scripts/sshd.sh's sshd)
 JOBQUEUE_PORT = 19500  # + i for the i-th local scheduler
 FLOOR_PORT = 19600
 

@@ -105,6 +105,13 @@ ROWS = [
     Row("6. list_clusters p50, during scale(500) [ms]", {"ours": "s6/ours/during/p50_ms"}),
     Row("6. list_clusters p99, during scale(500) [ms]", {"ours": "s6/ours/during/p99_ms"}),
     Row("6. list_clusters max, during scale(500) [ms]", {"ours": "s6/ours/during/max_ms"}),
+    # Scenario 7: ours through SSH against ours with local sudo, in the "ours" column.
+    Row("7. new_cluster() median, local sudo [s]", {"ours": "s7/sudo/median"}),
+    Row("7. new_cluster() median, through SSH [s]", {"ours": "s7/ssh/median"}),
+    Row("7. new_cluster() SSH / local sudo", {"ours": ("s7/ssh/median", "s7/sudo/median")}),
+    Row("7. scale(100) to squeue, local sudo [s]", {"ours": "s7b/sudo/scale"}),
+    Row("7. scale(100) to squeue, through SSH [s]", {"ours": "s7b/ssh/scale"}),
+    Row("7. scale(100) SSH / local sudo", {"ours": ("s7b/ssh/scale", "s7b/sudo/scale")}),
 ]
 
 
@@ -307,6 +314,24 @@ def _rpcs(results: dict) -> list[str]:
     return lines
 
 
+def _ssh_vs_sudo(results: dict) -> list[str]:
+    lines = []
+    for system in ("sudo", "ssh"):
+        times = _get(results, "s7", system, "times")
+        s7b = _get(results, "s7b", system)
+        if times:
+            runs = ", ".join(f"{t:.2f}" for t in times)
+            lines.append(f"7. ours through {system}: new_cluster runs [s]: {runs}")
+        if isinstance(s7b, dict) and "scale_call" in s7b:
+            lines.append(
+                f"7. ours through {system}: scale(100) call returned after "
+                f"{s7b['scale_call']:.2f} s, 100 jobs in squeue after {fmt(s7b['scale'])} s; "
+                f"shutdown: worker jobs gone after {fmt(s7b.get('workers_gone'))} s, queue "
+                f"empty after {fmt(s7b['shutdown'])} s"
+            )
+    return lines
+
+
 def _failures(results: dict) -> list[str]:
     return [f"FAILED {failure.splitlines()[0][:400]}" for failure in results.get("_failures", [])]
 
@@ -319,6 +344,7 @@ DETAILS: list[Callable[[dict], list[str]]] = [
     _scale_shutdown,
     _scale_latency,
     _rpcs,
+    _ssh_vs_sudo,
     _failures,
 ]
 

@@ -18,15 +18,16 @@ from benchmarks.host import (
     JOB_PYTHON,
     JOBQUEUE_PORT,
     OURS_SERVER,
+    REPO,
     STOCK_SERVER,
     USER,
     log,
 )
 from benchmarks.observers import environment_facts, measure_rpcs
-from harness.processes import HarnessError
+from harness.processes import HarnessError, run
 from harness.slurm import cancel_user_jobs
 
-SCENARIOS = ("floor", "s1", "s2", "s3", "s5", "s6")
+SCENARIOS = ("floor", "s1", "s2", "s3", "s5", "s6", "s7")
 OURS_OPTIONS = {"worker_cores": 1, "worker_memory": 0.5}
 
 
@@ -223,6 +224,26 @@ def rpc_scenario(bench: Bench, gateway: BenchGateway, options: dict) -> dict:
     return measured
 
 
+def ssh_vs_sudo(bench: Bench) -> None:
+    """Scenario 7: new_cluster() and scale(100) of ours through SSH (SSHSudoRunner to the
+    loopback sshd of scripts/sshd.sh) and with local sudo, the same config, one after the
+    other; workers held."""
+    out = run(["bash", str(REPO / "scripts" / "sshd.sh"), "up"])
+    if out.returncode != 0:
+        bench.fail("s7", f"scripts/sshd.sh up failed: {out.stderr[-500:]}")
+        return
+    repeats = bench.args.repeats
+    for system, name in (("sudo", "ours-held"), ("ssh", "ours-ssh-held")):
+        gateway = bench.gateway(name)
+        with bench.running(gateway):
+            log(f"scenario 7 ({system}): new_cluster() x {repeats}, scale(100) to squeue")
+            args = {"options": OURS_OPTIONS, "repeats": repeats}
+            bench.on_gateway("s7", system, gateway, "gw_new_cluster", 90 * repeats, **args)
+            bench.on_gateway(
+                "s7b", system, gateway, "gw_scale_shutdown", 400, options=OURS_OPTIONS, n=100
+            )
+
+
 #: The phases in order, each with the scenarios that need it.
 PHASES: list[tuple[tuple[str, ...], Callable[[Bench], None]]] = [
     (("floor",), floor),
@@ -230,6 +251,7 @@ PHASES: list[tuple[tuple[str, ...], Callable[[Bench], None]]] = [
     (("s2", "s5", "s6"), ours_held),
     (("s2", "s5"), stock_held),
     (("s2",), jobqueue_held),
+    (("s7",), ssh_vs_sudo),
 ]
 
 

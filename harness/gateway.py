@@ -5,6 +5,7 @@ the proxy's HTTP address."""
 from __future__ import annotations
 
 import os
+import pwd
 import shutil
 import signal
 import subprocess
@@ -18,10 +19,15 @@ from harness.processes import (
     log_tail,
     start_as,
     stop,
+    user_environment,
     wait_until,
 )
 
 SERVICE_ACCOUNT = "slurmgw"
+# SLURM's client commands, hidden from a gateway that must reach SLURM over SSH only.
+SLURM_COMMANDS = tuple(
+    f"/usr/bin/{c}" for c in ("sbatch", "squeue", "sacct", "scancel", "scontrol")
+)
 
 
 class GatewayProcess:
@@ -38,6 +44,9 @@ class GatewayProcess:
         self.config = workdir / "config.py"
         self.log = workdir / "gateway.log"
         self.proc: subprocess.Popen | None = None
+        # Files the server must not see (e.g. SLURM_COMMANDS): /dev/null is bind-mounted over
+        # each, in a mount namespace of the server's own.
+        self.hidden: tuple[str, ...] = ()
 
     @property
     def address(self) -> str:
@@ -56,7 +65,11 @@ class GatewayProcess:
 
     def start(self) -> None:
         """Start the server as the service account; return once it is healthy."""
-        self.proc = start_as(SERVICE_ACCOUNT, [self.server, "-f", str(self.config)], self.log)
+        argv = [self.server, "-f", str(self.config)]
+        if self.hidden:
+            self.proc = start_hiding(self.hidden, SERVICE_ACCOUNT, argv, self.log)
+        else:
+            self.proc = start_as(SERVICE_ACCOUNT, argv, self.log)
         wait_until(lambda: self.proc.poll() is not None or self.healthy(), self.start_timeout)
         if not self.healthy():
             raise HarnessError(f"gateway {self.workdir} did not start:\n{self.log_tail()}")
@@ -91,3 +104,26 @@ class GatewayProcess:
 
     def log_tail(self, lines: int = 60) -> str:
         return log_tail(self.log, lines)
+
+
+def start_hiding(hidden: tuple[str, ...], account: str, argv: list[str], log_path: Path):
+    """Like ``start_as``, but in a mount namespace of its own where each of ``hidden`` is
+    /dev/null (running it fails): started as root, it drops to ``account`` (without
+    supplementary groups) by exec, so the pid is the program's."""
+    entry = pwd.getpwnam(account)
+    script = (
+        'while [ "$1" != -- ]; do mount --bind /dev/null "$1" || exit 1; shift; done; shift; '
+        f'exec setpriv --reuid={entry.pw_uid} --regid={entry.pw_gid} --clear-groups -- "$@"'
+    )
+    command = ["unshare", "--mount", "--propagation", "private", "--", "/bin/sh", "-c", script]
+    with open(log_path, "ab") as log:
+        os.chmod(log_path, 0o640)
+        return subprocess.Popen(
+            [*command, "sh", *hidden, "--", *argv],
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            cwd="/",
+            env=user_environment(account),
+            start_new_session=True,
+        )

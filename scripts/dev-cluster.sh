@@ -954,6 +954,8 @@ cmd_purge() {
     for u in "${users[@]}"; do
         if id -u "$u" >/dev/null 2>&1; then uids+=("$(id -u "$u")"); fi
     done
+    # The loopback login node of the SSH transport tests (scripts/sshd.sh), sessions included.
+    if [[ -f $SCRIPT_DIR/sshd.sh ]]; then bash "$SCRIPT_DIR/sshd.sh" purge; fi
     purge_kill 0 "${uids[@]}"
     stop_started_daemons
     purge_kill 1
@@ -979,7 +981,7 @@ cmd_purge() {
     #    configuration, state and logs; the munge key and munged's seed; MariaDB's data
     #    (slurm_acct_db and its user). Directories the Debian packages ship stay.
     purge_path "$SUDOERS_FILE" "$SUDOERS_FILE".?????? "$BENCH_SUDOERS_FILE"
-    purge_path /depot /opt/slurm-gateway "$SERVICE_HOME" /var/log/slurm-gateway \
+    purge_path /depot /opt/slurm-gateway "$SERVICE_HOME" /var/log/slurm-gateway /etc/slurm-gateway-dev-sshd \
         /etc/slurm-gateway /etc/dask/gateway.yaml /run/slurm-gateway* \
         /var/log/slurm-gateway-service.log /var/log/slurm-gateway-proxy.log \
         /tmp/slurm-gateway-* /tmp/dask-gateway.*

@@ -29,6 +29,7 @@ from .backend import SlurmBackend
 from .cluster_config import SlurmClusterConfig
 from .munge_auth import MungeAuthenticator, normalize_origin
 from .settings import SlurmBackendSettings
+from .ssh_transport import SSHSudoRunner
 from .state import read_or_create_secret
 from .transport import LocalSudoRunner
 
@@ -281,6 +282,7 @@ class SlurmGateway(DaskGateway):
             SlurmBackend,
             SlurmClusterConfig,
             LocalSudoRunner,
+            SSHSudoRunner,
             Proxy,
             SimpleAuthenticator,
             JupyterHubAuthenticator,

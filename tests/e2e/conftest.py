@@ -25,7 +25,7 @@ from pathlib import Path
 import pytest
 from slurm_gateway_client import make_payload
 
-from harness.gateway import SERVICE_ACCOUNT, GatewayProcess
+from harness.gateway import SERVICE_ACCOUNT, SLURM_COMMANDS, GatewayProcess
 from harness.processes import RUNUSER, command_as, run, start_as, stop, user_environment, wait_until
 from harness.slurm import slurm_now, submitted_since, user_jobs
 
@@ -38,6 +38,7 @@ __all__ = [
     "RUNUSER",
     "SERVICE_ACCOUNT",
     "SIMPLE_AUTH",
+    "SSH_LOGIN_NODE",
     "START_TIMEOUT",
     "USERS",
     "Gateway",
@@ -68,6 +69,21 @@ SIMPLE_AUTH = (
     'c.SlurmGateway.authenticator_class = "dask_gateway_server.auth.SimpleAuthenticator"; '
     "c.SlurmGateway.allow_simple_authenticator = True\n"
 )
+
+# The transport of the test gateways (Gateway(transport=...) overrides it): "sudo" (local
+# sudo, the default) or "ssh": SSHSudoRunner to the loopback sshd of scripts/sshd.sh, the
+# gateway process not seeing SLURM's commands at all (SLURM_COMMANDS hidden), so that
+# `SLURM_GATEWAY_TEST_TRANSPORT=ssh scripts/test.sh tests/e2e/...` runs tests through SSH.
+TRANSPORT = os.environ.get("SLURM_GATEWAY_TEST_TRANSPORT", "sudo")
+SSH_LOGIN_NODE = ("127.0.0.1", 18722)  # scripts/sshd.sh's port
+SSH_DIR = "/var/lib/slurm-gateway/.ssh"  # the service account's key and known_hosts (sshd.sh)
+SSH_CONFIG = f"""
+c.SlurmBackend.runner_class = "slurm_gateway.ssh_transport.SSHSudoRunner"
+c.SSHSudoRunner.host = "{SSH_LOGIN_NODE[0]}"
+c.SSHSudoRunner.port = {SSH_LOGIN_NODE[1]}
+c.SSHSudoRunner.known_hosts = "{SSH_DIR}/known_hosts"
+c.SSHSudoRunner.client_keys = ["{SSH_DIR}/id_ed25519"]
+"""
 
 
 def jobs_of(cluster_name: str, role: str, user: str = "alice") -> list[str]:
@@ -122,9 +138,16 @@ class Gateway(GatewayProcess):
     """The gateway process under test."""
 
     def __init__(
-        self, workdir: Path, port: int, extra_config: str = "", external_proxy: bool = False
+        self,
+        workdir: Path,
+        port: int,
+        extra_config: str = "",
+        external_proxy: bool = False,
+        transport: str | None = None,
     ):
         super().__init__(workdir, GATEWAY, f"127.0.0.1:{port}")
+        self.transport = transport or TRANSPORT
+        assert self.transport in ("sudo", "ssh"), self.transport
         self.api = f"127.0.0.1:{port + 1}"
         self.extra_config = textwrap.dedent(extra_config)
         self.client_config = workdir / "dask"
@@ -156,10 +179,15 @@ class Gateway(GatewayProcess):
             c.MungeAuthenticator.service_account = "{SERVICE_ACCOUNT}"
             c.MungeAuthenticator.audiences = ["{self.address}"]
             """)
+            + (SSH_CONFIG if self.transport == "ssh" else "")
             + self.extra_config
         )
 
     def start(self):
+        if self.transport == "ssh":
+            out = run(["bash", str(REPO / "scripts" / "sshd.sh"), "up"])
+            assert out.returncode == 0, out.stderr[-2000:]
+            self.hidden = SLURM_COMMANDS
         self.write_config()
         self.client_config.mkdir(exist_ok=True)
         self.prepare_workdir()
@@ -197,12 +225,15 @@ def make_gateway(gateway):
     """Start another gateway with extra admin config lines; it is stopped after the test."""
     started = []
 
-    def _make(extra_config: str, external_proxy: bool = False) -> Gateway:
+    def _make(
+        extra_config: str, external_proxy: bool = False, transport: str | None = None
+    ) -> Gateway:
         gw = Gateway(
             Path(tempfile.mkdtemp(prefix="slurm-gateway-test-")),
             18100 + 10 * len(started),
             extra_config,
             external_proxy,
+            transport,
         )
         started.append(gw)
         gw.start()

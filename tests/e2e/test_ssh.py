@@ -1,0 +1,255 @@
+"""The gateway off the login node: SLURM through SSH (SSHSudoRunner) to a real sshd on
+loopback (scripts/sshd.sh: its own host key, key login only, AllowUsers slurmgw).
+
+The gateways here cannot run SLURM's commands themselves (/usr/bin/sbatch, squeue, sacct,
+scancel and scontrol are /dev/null in their mount namespace): every job they submit, watch
+or cancel went through sshd, whose log counts the sessions. The same scenarios through
+local sudo are test_quickstart, test_failures, test_restart and test_resilience; the whole
+suite runs through SSH with SLURM_GATEWAY_TEST_TRANSPORT=ssh.
+"""
+
+import asyncio
+import os
+import re
+import signal
+import stat
+import time
+from pathlib import Path
+
+import asyncssh
+import pytest
+from conftest import REPO, SSH_DIR, SSH_LOGIN_NODE, run, user_jobs, wait_until
+
+from slurm_gateway.slurm import slurm_unreachable
+from slurm_gateway.ssh_transport import SSHSudoRunner
+
+SSHD_LOG = Path("/etc/slurm-gateway-dev-sshd/sshd.log")
+
+
+def sshd(action: str) -> None:
+    out = run(["bash", str(REPO / "scripts" / "sshd.sh"), action])
+    assert out.returncode == 0, out.stderr[-2000:]
+
+
+@pytest.fixture(scope="module", autouse=True)
+def login_node():
+    sshd("up")
+    yield
+
+
+def sshd_log_since(offset: int) -> str:
+    return SSHD_LOG.read_text(errors="replace")[offset:]
+
+
+def ssh_gateway(make_gateway, extra_config: str = "", **kwargs):
+    gw = make_gateway(extra_config, transport="ssh", **kwargs)
+    sbatch_there = os.stat(f"/proc/{gw.proc.pid}/root/usr/bin/sbatch")
+    assert stat.S_ISCHR(sbatch_there.st_mode), "the gateway could run sbatch itself"
+    return gw
+
+
+def _runner(**options) -> SSHSudoRunner:
+    host, port = SSH_LOGIN_NODE
+    defaults = dict(
+        host=host,
+        port=port,
+        username="slurmgw",
+        known_hosts=f"{SSH_DIR}/known_hosts",
+        client_keys=[f"{SSH_DIR}/id_ed25519"],
+    )
+    return SSHSudoRunner(**{**defaults, **options})
+
+
+PWNED = "/tmp/slurm-gateway-test-pwned"
+HOSTILE = ["two words", "it's", '"q"', f"x; touch {PWNED}", f"$(touch {PWNED})", "`id`", "l1\nl2"]
+HOSTILE += ["", "*", "$HOME", "-n"]
+
+
+def test_real_sshd_gets_literal_arguments_the_sudo_rule_and_stops_timed_out_commands(tmp_path):
+    runner = _runner(timeout=2)
+
+    async def scenario():
+        printed = await runner.run(["/usr/bin/printf", "%s\\0", *HOSTILE])
+        as_alice = await runner.run(["/usr/bin/id"], user="alice")  # not in the sudo rule
+        started = time.monotonic()
+        hung = await runner.run(["sleep", "1234.5"])
+        hung_seconds = time.monotonic() - started
+        left = run(["pgrep", "-f", "sleep 1234.5"]).stdout.split()
+        await runner.close()
+        return printed, as_alice, hung, hung_seconds, left
+
+    printed, as_alice, hung, hung_seconds, left = asyncio.run(scenario())
+    assert printed.ok and printed.stdout.split("\0")[:-1] == HOSTILE
+    assert not Path(PWNED).exists()
+    # sudo -n -u alice on the login node, refused there: the rule decides, as on a login node.
+    assert as_alice.returncode == 1 and "password is required" in as_alice.stderr
+    assert "timed out after 2 s" in hung.stopped and hung_seconds < 4
+    assert left == [], "the timed-out command still runs on the login node"
+
+
+def test_an_unknown_host_key_is_never_accepted(tmp_path):
+    key = asyncssh.generate_private_key("ssh-ed25519").export_public_key().decode()
+    known_hosts = tmp_path / "known_hosts"
+    known_hosts.write_text(f"[{SSH_LOGIN_NODE[0]}]:{SSH_LOGIN_NODE[1]} {key}")
+    runner = _runner(known_hosts=str(known_hosts), connection_wait=3)
+
+    async def scenario():
+        result = await runner.run(["/usr/bin/id"])
+        await runner.close()
+        return result
+
+    result = asyncio.run(scenario())
+    assert not result.ok and slurm_unreachable(result.stderr), result
+    assert "uid=" not in result.stdout
+
+
+def _sshd_processes_serving_this_process() -> list[int]:
+    """The sshd processes at the other end of this process's connections to the login node
+    (found by port in ``ss``: the client socket is ours, the server socket theirs)."""
+    out = run(["ss", "-Htnp", "state", "established"]).stdout
+    host, port = SSH_LOGIN_NODE
+    ours = re.findall(
+        rf"{host}:(\d+)\s+{host}:{port}\s+users:\(\(\"[^\"]+\",pid={os.getpid()},", out
+    )
+    pids = set()
+    for line in out.splitlines():
+        if any(re.search(rf"{host}:{port}\s+{host}:{p}\s", line) for p in ours):
+            pids |= {int(pid) for pid in re.findall(r"pid=(\d+)", line)}
+    return sorted(pids)
+
+
+def test_a_silent_login_node_is_noticed_by_keepalive_and_the_connection_made_again():
+    runner = _runner(timeout=20, keepalive_interval=1, keepalive_count_max=2)
+
+    async def scenario():
+        before = await runner.run(["/usr/bin/id"])
+        frozen = _sshd_processes_serving_this_process()
+        for pid in frozen:  # the connection stays open, but nothing answers on it
+            os.kill(pid, signal.SIGSTOP)
+        try:
+            started = time.monotonic()
+            during = await runner.run(["/usr/bin/id"])
+            noticed = time.monotonic() - started
+            after = await runner.run(["/usr/bin/id"])
+        finally:
+            for pid in frozen:
+                os.kill(pid, signal.SIGKILL)
+                os.kill(pid, signal.SIGCONT)
+        await runner.close()
+        return before, frozen, during, noticed, after
+
+    before, frozen, during, noticed, after = asyncio.run(scenario())
+    assert before.ok and frozen
+    # Not the command timeout (20 s): two missed keepalives of 1 s drop the connection.
+    assert not during.ok and slurm_unreachable(during.stderr) and noticed < 6, (during, noticed)
+    assert after.ok and "uid=" in after.stdout
+
+
+def test_a_cluster_lives_its_life_through_ssh_on_one_connection(as_user, make_gateway):
+    log_offset = SSHD_LOG.stat().st_size
+    gw = ssh_gateway(make_gateway)
+    result = as_user(
+        "alice",
+        """
+        gateway = Gateway()
+        cluster = gateway.new_cluster(worker_memory=1)
+        cluster.scale(3)
+        client = cluster.get_client()
+        client.wait_for_workers(3, timeout=120)
+        total = sum(client.gather(client.map(lambda x: x + 1, range(30))))
+        cluster.scale(1)
+        deadline = time.monotonic() + 60
+        while len(client.scheduler_info()["workers"]) > 1 and time.monotonic() < deadline:
+            time.sleep(0.5)
+        workers_after = len(client.scheduler_info()["workers"])
+        # A request SLURM refuses: sbatch's message, read over SSH, reaches the user.
+        refused = gateway.new_cluster(worker_memory=60)
+        refused.scale(1)
+        error = None
+        deadline = time.monotonic() + 90
+        while error is None and time.monotonic() < deadline:
+            time.sleep(1)
+            error = error_of(gateway.connect, refused.name)
+        cluster.shutdown()
+        report(total=total, workers_after=workers_after, error=error)
+        """,
+        via=gw,
+        timeout=300,
+    )
+    assert result["total"] == sum(range(1, 31))
+    assert result["workers_after"] == 1
+    assert "Requested node configuration is not available" in (result["error"] or ""), result
+    assert wait_until(lambda: not user_jobs("alice"), 30), user_jobs("alice")
+    log = sshd_log_since(log_offset)
+    # One connection for everything: submissions, polls, the helper, cancellations.
+    assert log.count("Accepted publickey for slurmgw") == 1, log[-3000:]
+    assert log.count("Starting session: command for slurmgw") >= 10
+
+
+def test_a_cluster_survives_a_gateway_crash_through_ssh(as_user, make_gateway):
+    gw = ssh_gateway(make_gateway, external_proxy=True)
+    made = as_user("alice", "report(name=running_cluster(1))", via=gw)
+    jobs_before = sorted(user_jobs("alice"))
+    gw.stop(sig=signal.SIGKILL)
+    gw.start()
+    after = as_user(
+        "alice",
+        f"""
+        cluster = Gateway().connect({made["name"]!r})
+        client = cluster.get_client()
+        cluster.scale(2)
+        client.wait_for_workers(2, timeout=120)
+        total = sum(client.gather(client.map(lambda x: x * 2, range(20))))
+        cluster.shutdown()
+        report(total=total)
+        """,
+        via=gw,
+    )
+    assert len(jobs_before) == 2, jobs_before  # scheduler and one worker, adopted again
+    assert after == {"total": sum(range(0, 40, 2))}
+    assert f"Cluster {made['name']} failed" not in gw.log.read_text()
+
+
+def test_sshd_away_for_60_s_fails_no_cluster_and_commands_resume(as_user, make_gateway):
+    gw = ssh_gateway(make_gateway)
+    made = as_user("alice", "report(name=running_cluster(1))", via=gw)
+    connect = f"""
+        gateway = Gateway()
+        cluster = gateway.connect({made["name"]!r})
+        client = cluster.get_client()
+    """
+    sshd("down")  # the listener and every session: the gateway's connection is gone
+    try:
+        down_since = time.monotonic()
+        during = as_user(
+            "alice",
+            connect
+            + """
+        total = client.submit(sum, range(10)).result(timeout=60)
+        cluster.scale(2)  # needs SLURM: the submission waits for the login node
+        report(total=total, status=[c.status.name for c in gateway.list_clusters()])
+        """,
+            via=gw,
+        )
+        time.sleep(max(0.0, 60 - (time.monotonic() - down_since)))
+    finally:
+        sshd("up")
+    after = as_user(
+        "alice",
+        connect
+        + """
+        client.wait_for_workers(2, timeout=180)
+        total = sum(client.gather(client.map(lambda x: x * 3, range(30))))
+        cluster.shutdown()
+        report(total=total)
+        """,
+        via=gw,
+        timeout=300,
+    )
+    assert during == {"total": 45, "status": ["RUNNING"]}
+    assert after == {"total": sum(range(0, 90, 3))}
+    log = gw.log.read_text()
+    assert "SSH connection to slurmgw@127.0.0.1:18722 lost" in log
+    assert "SLURM unavailable" in log
+    assert f"Cluster {made['name']} failed" not in log
+    assert wait_until(lambda: not user_jobs("alice"), 30), user_jobs("alice")
