@@ -10,9 +10,7 @@ import tempfile
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from harness.processes import command_as, user_environment
-
-from .conftest import (
+from conftest import (
     SERVICE_ACCOUNT,
     depot,
     jobs_of,
@@ -20,6 +18,8 @@ from .conftest import (
     user_jobs,
     wait_until,
 )
+
+from harness.processes import command_as, user_environment
 
 GATEWAY = "/opt/slurm-gateway/venv/bin/slurm-gateway"
 LOG_ROOT = Path("/var/log/slurm-gateway")
