@@ -22,6 +22,8 @@ from conftest import (
 from harness.processes import command_as, user_environment
 
 GATEWAY = "/opt/slurm-gateway/venv/bin/slurm-gateway"
+# A cluster without workers that outlives the client which made it.
+NEW_CLUSTER = "report(name=Gateway().new_cluster(shutdown_on_close=False).name)"
 LOG_ROOT = Path("/var/log/slurm-gateway")
 
 
@@ -94,7 +96,7 @@ def test_admins_list_and_stop_clusters_and_users_see_the_reason(make_gateway, as
     assert seen["connect"] == f"GatewayClusterError: {message}", seen
     # The admins' listing says it too (--all: with the clusters that ended).
     after = gateway_command(["clusters", "--all", *config]).stdout.splitlines()
-    [row] = [i for i, line in enumerate(after) if alice_name in line.split()]
+    [row] = [i for i, line in enumerate(after) if line.split()[1:2] == [alice_name]]
     assert after[row].split()[2] == "FAILED" and after[row + 1].strip() == message, after
     # bob's cluster was left alone; stopped by name without a reason, bob is told so.
     assert bob_name in gateway_command(["clusters", *config]).stdout
@@ -107,7 +109,7 @@ def test_admins_list_and_stop_clusters_and_users_see_the_reason(make_gateway, as
 
 def test_users_read_their_own_latest_logs_and_never_anothers(make_gateway, as_user):
     gw = make_gateway("")
-    alice_name = as_user("alice", "report(name=running_cluster(0))", via=gw)["name"]
+    alice_name = as_user("alice", NEW_CLUSTER, via=gw)["name"]
     try:
         [scheduler] = jobs_of(alice_name, "scheduler", "alice")
         mine = gateway_command(["logs", "-n", "200"], user="alice")
@@ -133,7 +135,7 @@ def test_users_read_their_own_latest_logs_and_never_anothers(make_gateway, as_us
             assert theirs.returncode == 1, (args, theirs.stdout)
             assert "Scheduler at" not in theirs.stdout and str(scheduler) not in theirs.stdout
     finally:
-        as_user("alice", f"Gateway().connect({alice_name!r}).shutdown()", via=gw)
+        as_user("alice", f"Gateway().connect({alice_name!r}).shutdown(); report()", via=gw)
 
 
 def test_logs_do_not_follow_a_link_planted_in_the_shared_log_root():
