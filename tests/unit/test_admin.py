@@ -7,6 +7,8 @@ import asyncio
 import logging
 import os
 import stat
+import subprocess
+import sys
 from types import SimpleNamespace
 
 import pytest
@@ -268,3 +270,33 @@ def test_the_channel_serves_clusters_and_stop_over_its_socket(tmp_path):
 def test_a_client_without_a_gateway_is_told_so(tmp_path):
     with pytest.raises(RuntimeError, match="the gateway is not running"):
         ask_gateway(tmp_path / "admin.sock", {"op": "clusters"}, 5)
+
+
+def _cli(*args):
+    return subprocess.run(
+        [sys.executable, "-c", "from slurm_gateway.cli import main; main()", *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
+def test_the_subcommands_say_what_is_wrong_without_a_gateway(tmp_path):
+    out = _cli("clusters", f"--state-directory={tmp_path}")
+    assert out.returncode == 1
+    assert out.stderr.strip() == (
+        f"slurm-gateway clusters: the gateway is not running (nothing answers at "
+        f"{tmp_path}/admin.sock)"
+    )
+    # The reason is checked before the gateway is asked.
+    out = _cli("stop", "42", "--reason=a\x1b[2Jb", f"--state-directory={tmp_path}")
+    assert out.returncode == 1 and "U+001B" in out.stderr, out.stderr
+    out = _cli("stop", f"--state-directory={tmp_path}")
+    assert out.returncode == 1 and "usage: slurm-gateway stop" in out.stderr
+    config = tmp_path / "config.py"
+    config.write_text(f'c.SlurmBackend.state_directory = "{tmp_path / "state"}"\n')
+    out = _cli("clusters", "-f", str(config))
+    assert f"nothing answers at {tmp_path}/state/admin.sock" in out.stderr, out.stderr
+    helped = _cli("--help")
+    for command in ("clusters", "stop", "logs"):
+        assert f"\n{command}\n" in helped.stdout, helped.stdout
