@@ -87,13 +87,14 @@ def test_admins_list_and_stop_clusters_and_users_see_the_reason(make_gateway, as
         gateway = Gateway()
         report(
             connect=error_of(gateway.connect, {alice_name!r}),
+            scale=error_of(gateway.scale_cluster, {alice_name!r}, 1),
             status=gateway.get_cluster({alice_name!r}).status.name,
         )
         """,
         via=gw,
     )
     assert seen["status"] == "FAILED"
-    assert seen["connect"] == f"GatewayClusterError: {message}", seen
+    assert seen["connect"] == seen["scale"] == f"GatewayClusterError: {message}", seen
     # The admins' listing says it too (--all: with the clusters that ended).
     after = gateway_command(["clusters", "--all", *config]).stdout.splitlines()
     [row] = [i for i, line in enumerate(after) if line.split()[1:2] == [alice_name]]
