@@ -43,10 +43,19 @@ def test_admins_list_and_stop_clusters_and_users_see_the_reason(make_gateway, as
             for user in ("alice", "bob")
         ]
         alice_name, bob_name = (future.result()["name"] for future in started)
+    config = ["-f", str(gw.config)]
+    try:
+        _list_stop_and_tell(gw, as_user, alice_name, bob_name, config)
+    finally:  # whatever failed, no cluster is left running
+        for name in (alice_name, bob_name):
+            gateway_command(["stop", name, *config])
+
+
+def _list_stop_and_tell(gw, as_user, alice_name: str, bob_name: str, config: list[str]):
+    """The scenario, on alice's and bob's running clusters (one worker each)."""
     [alice_scheduler] = jobs_of(alice_name, "scheduler", "alice")
     [bob_scheduler] = jobs_of(bob_name, "scheduler", "bob")
     alice_worker = wait_until(lambda: jobs_of(alice_name, "worker", "alice"), 30)
-    config = ["-f", str(gw.config)]
 
     # Root sees every user's clusters, with their jobs and SLURM's states.
     table = gateway_command(["clusters", *config])
@@ -97,7 +106,7 @@ def test_admins_list_and_stop_clusters_and_users_see_the_reason(make_gateway, as
     assert seen["connect"] == seen["scale"] == f"GatewayClusterError: {message}", seen
     # The admins' listing says it too (--all: with the clusters that ended).
     after = gateway_command(["clusters", "--all", *config]).stdout.splitlines()
-    [row] = [i for i, line in enumerate(after) if line.split()[1:2] == [alice_name]]
+    [row] = [i for i, line in enumerate(after) if line.split()[:2] == ["alice", alice_name]]
     assert after[row].split()[2] == "FAILED" and after[row + 1].strip() == message, after
     # bob's cluster was left alone; stopped by name without a reason, bob is told so.
     assert bob_name in gateway_command(["clusters", *config]).stdout
