@@ -235,7 +235,13 @@ class LogsCommand(Application):
     description = """Print the last lines of each job log (scheduler first, then workers) of
     your latest cluster, or of the cluster named CLUSTER, or of a log directory (its path or
     name). Reads only your own log directory, as you, never through a symbolic link."""
-    examples = "slurm-gateway logs\nslurm-gateway logs 5f2c0e... -n 100\nslurm-gateway logs --list"
+    examples = "\n".join(
+        [
+            "slurm-gateway logs",
+            "slurm-gateway logs --list",
+            "slurm-gateway logs /var/log/slurm-gateway/alice/20261201-094500-1a2b3c4d -n 100",
+        ]
+    )
     lines = Integer(
         20, min=0, max=100000, help="Lines printed from the end of each log.", config=True
     )
