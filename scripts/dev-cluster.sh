@@ -249,6 +249,9 @@ require_root() {
 # ---------------------------------------------------------------------------
 # Packages
 # ---------------------------------------------------------------------------
+# logrotate: tests/unit/test_deploy.py rotates with deploy/logrotate.
+PACKAGES+=(logrotate)
+
 install_packages() {
     local missing=() p added_policy=0
     for p in "${PACKAGES[@]}"; do

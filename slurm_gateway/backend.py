@@ -23,6 +23,7 @@ from aiohttp import web
 from dask_gateway_server.backends.db_base import Cluster, JobStatus, Worker
 from dask_gateway_server.models import ClusterStatus
 
+from .admin import AdminChannel
 from .admission import Admissions, ClusterAdmission
 from .api import failure_reason_middleware, request_body_middleware
 from .as_user import AsUser, UserError
@@ -59,7 +60,7 @@ RECONCILE_AT_START_TIMEOUT = 30.0
 PUBLIC_ERRORS = (SlurmError, UserError, ValueError)
 
 
-class SlurmBackend(ClusterAdmission, StockOverrides, SlurmBackendSettings):
+class SlurmBackend(AdminChannel, ClusterAdmission, StockOverrides, SlurmBackendSettings):
     """Run each Dask cluster as SLURM jobs (one scheduler job, one job per worker)
     submitted as the cluster's user through ``sudo``."""
 

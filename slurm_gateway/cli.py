@@ -241,6 +241,9 @@ class SlurmGateway(DaskGateway):
         "generate-config": ("slurm_gateway.cli.GenerateConfig", GenerateConfig.__doc__),
         "client-config": ("slurm_gateway.cli.ClientConfig", ClientConfig.__doc__),
         "proxy": ("slurm_gateway.cli.ProxyCommand", ProxyCommand.__doc__.splitlines()[0]),
+        "clusters": ("slurm_gateway.admin_cli.ClustersCommand", "List every user's clusters."),
+        "stop": ("slurm_gateway.admin_cli.StopCommand", "Stop a cluster, with a reason."),
+        "logs": ("slurm_gateway.admin_cli.LogsCommand", "Print your clusters' job logs."),
     }
 
     config_file = Unicode(DEFAULT_CONFIG, help="The config file to load.", config=True)

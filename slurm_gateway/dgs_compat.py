@@ -30,7 +30,7 @@ from dask_gateway_server.backends.db_base import (
     Worker,
 )
 from dask_gateway_server.backends.db_base import workers as workers_table
-from dask_gateway_server.utils import timestamp
+from dask_gateway_server.utils import Flag, timestamp
 
 from .admission import is_worker_count
 from .lifecycle import (
@@ -71,6 +71,17 @@ USED_ATTRIBUTES = {
     ],
     DataManager: ["active_clusters", "update_clusters", "update_workers", "list_clusters"],
 }
+#: What the admin channel (admin.py) reads of a cluster record and awaits (its shutdown).
+ADMIN_CLUSTER_FIELDS = {
+    "name",
+    "username",
+    "status",
+    "target",
+    "count",
+    "state",
+    "config",
+    "start_time",
+}
 
 
 def internals_problems() -> list[str]:
@@ -92,6 +103,13 @@ def internals_problems() -> list[str]:
     fields = set(inspect.signature(Worker).parameters)
     if not WORKER_COLUMNS - {"cluster_id", "stop_time"} | {"cluster"} <= fields:
         problems.append(f"Worker() now takes {sorted(fields)}")
+    cluster_fields = set(inspect.signature(Cluster).parameters)
+    if not ADMIN_CLUSTER_FIELDS <= cluster_fields or not isinstance(
+        getattr(Cluster, "model_status", None), property
+    ):
+        problems.append(f"Cluster() now takes {sorted(cluster_fields)} (admin.py reads them)")
+    if not hasattr(Flag, "__await__"):
+        problems.append("Cluster.shutdown (a Flag) can no longer be awaited (admin.py)")
     return problems
 
 

@@ -2,7 +2,7 @@
 
 import pytest
 
-from slurm_gateway.api import request_action
+from slurm_gateway.api import is_refused_action, is_wait_for, request_action
 
 
 @pytest.mark.parametrize(
@@ -31,3 +31,28 @@ from slurm_gateway.api import request_action
 )
 def test_request_action(method, path, has_cluster_name, action):
     assert request_action(method, path, has_cluster_name) == action
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "status", "refused"),
+    [
+        ("POST", "/api/v1/clusters/c0ffee/scale", 409, True),
+        ("POST", "/services/dask-gateway/api/v1/clusters/c0ffee/adapt/", 409, True),
+        ("POST", "/api/v1/clusters/c0ffee/scale", 200, False),  # it ran
+        ("POST", "/api/v1/clusters/c0ffee/scale", 403, False),  # not the user's cluster
+        ("POST", "/api/v1/clusters/f00d/scale", 409, False),  # another cluster's path
+        ("POST", "/api/v1/clusters/c0ffee/heartbeat", 409, False),
+        ("GET", "/api/v1/clusters/c0ffee/scale", 409, False),
+    ],
+)
+def test_a_refused_scale_or_adapt_of_a_failed_cluster_gets_its_failure(
+    method, path, status, refused
+):
+    # (the admins' reason for stopping it, or SLURM's facts)
+    assert is_refused_action(method, path, "c0ffee", status) is refused
+
+
+def test_only_a_successful_wait_gets_the_failure():
+    assert is_wait_for("GET", "/api/v1/clusters/c0ffee", {"wait": ""}, "c0ffee", 200)
+    assert not is_wait_for("GET", "/api/v1/clusters/c0ffee", {}, "c0ffee", 200)
+    assert not is_wait_for("GET", "/api/v1/clusters/c0ffee", {"wait": ""}, "c0ffee", 403)
