@@ -25,6 +25,7 @@ from pathlib import Path
 import pytest
 from slurm_gateway_client import make_payload
 
+from harness import postgres
 from harness.gateway import SERVICE_ACCOUNT, GatewayProcess
 from harness.processes import RUNUSER, command_as, run, start_as, stop, user_environment, wait_until
 from harness.slurm import slurm_now, submitted_since, user_jobs
@@ -62,6 +63,9 @@ START_TIMEOUT = 25  # the scheduler start timeout of the test gateway, seconds
 SIMPLE_AUTH = (
     'c.SlurmGateway.authenticator_class = "dask_gateway_server.auth.SimpleAuthenticator"\n'
 )
+# The state database of a test gateway that does not choose: "sqlite" (a file in its state
+# directory) or "postgres" (a fresh database of scripts/postgres.sh's instance, its own).
+TEST_DB = os.environ.get("SLURM_GATEWAY_TEST_DB", "sqlite")
 
 
 def jobs_of(cluster_name: str, role: str, user: str = "alice") -> list[str]:
@@ -116,9 +120,19 @@ class Gateway(GatewayProcess):
     """The gateway process under test."""
 
     def __init__(
-        self, workdir: Path, port: int, extra_config: str = "", external_proxy: bool = False
+        self,
+        workdir: Path,
+        port: int,
+        extra_config: str = "",
+        external_proxy: bool = False,
+        db: str | None = None,
     ):
         super().__init__(workdir, GATEWAY, f"127.0.0.1:{port}")
+        self.db = db or TEST_DB
+        assert self.db in ("sqlite", "postgres"), self.db
+        # Made fresh here, once: it outlives the gateway's restarts, as a site's does.
+        self.database = f"slurm_gateway_test_{port}" if self.db == "postgres" else None
+        self.db_url = postgres.fresh_database(self.database) if self.database else None
         self.api = f"127.0.0.1:{port + 1}"
         self.extra_config = textwrap.dedent(extra_config)
         self.client_config = workdir / "dask"
@@ -150,6 +164,7 @@ class Gateway(GatewayProcess):
             c.MungeAuthenticator.service_account = "{SERVICE_ACCOUNT}"
             c.MungeAuthenticator.audiences = ["{self.address}"]
             """)
+            + (f'c.SlurmBackend.db_url = "{self.db_url}"\n' if self.db_url else "")
             + self.extra_config
         )
 
@@ -173,6 +188,8 @@ class Gateway(GatewayProcess):
         """Stop the gateway and its external proxy."""
         self.stop()
         stop(self.proxy_proc)
+        if self.database:
+            postgres.drop_database(self.database)
 
 
 @pytest.fixture(scope="session")
@@ -191,12 +208,13 @@ def make_gateway(gateway):
     """Start another gateway with extra admin config lines; it is stopped after the test."""
     started = []
 
-    def _make(extra_config: str, external_proxy: bool = False) -> Gateway:
+    def _make(extra_config: str, external_proxy: bool = False, db: str | None = None) -> Gateway:
         gw = Gateway(
             Path(tempfile.mkdtemp(prefix="slurm-gateway-test-")),
             18100 + 10 * len(started),
             extra_config,
             external_proxy,
+            db,
         )
         started.append(gw)
         gw.start()

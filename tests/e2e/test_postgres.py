@@ -1,0 +1,57 @@
+"""PostgreSQL as the gateway's state database (issue 12): the state really is there, its
+secrets encrypted with the gateway's key, the pool bounded, and a database restart costs
+the users nothing. The restart and load tests run against PostgreSQL too (their
+``postgres`` parameters)."""
+
+import re
+
+from conftest import run
+
+from harness import postgres
+
+RUNNING, STOPPED = "3", "5"  # dask-gateway-server's JobStatus values, as stored
+
+
+def test_the_gateway_keeps_its_state_in_postgresql(as_user, make_gateway):
+    gw = make_gateway("", db="postgres")
+    name = as_user("alice", "report(name=running_cluster(1))", via=gw)["name"]
+    assert re.fullmatch(r"[0-9a-f]{32}", name), name  # safe to put into SQL below
+
+    rows = postgres.query(
+        "SELECT c.username, c.status, count(w.id), encode(c.token, 'escape') LIKE 'gAAAAA%'"
+        f" FROM clusters c LEFT JOIN workers w ON w.cluster_id = c.id WHERE c.name = '{name}'"
+        " GROUP BY c.id",
+        gw.database,
+    )
+    # alice's running cluster and its worker; the API token Fernet-encrypted (db_encrypt_keys).
+    assert rows == [["alice", RUNNING, "1", "t"]], rows
+    state = gw.workdir / "state"
+    assert (state / "encrypt-keys").exists()
+    assert not list(state.glob("*.sqlite*")), list(state.iterdir())
+    connections = postgres.query(
+        f"SELECT count(*) FROM pg_stat_activity WHERE datname = '{gw.database}'"
+    )
+    assert 1 <= int(connections[0][0]) <= 4, connections  # dgs_compat.POOL: 2 + 2 overflow
+
+    # The database restarts (a site's maintenance): the gateway goes on, alice notices nothing.
+    for command in ("down", "up"):
+        out = run(["bash", str(postgres.SCRIPT), command], timeout=120)
+        assert out.returncode == 0, out.stderr
+    after = as_user(
+        "alice",
+        f"""
+        gateway = Gateway()
+        listed = [c.name for c in gateway.list_clusters()]
+        cluster = gateway.connect({name!r})
+        cluster.scale(2)
+        client = cluster.get_client()
+        client.wait_for_workers(2, timeout=120)
+        total = sum(client.gather(client.map(lambda x: x + 1, range(10))))
+        cluster.shutdown()
+        report(listed=listed, total=total)
+        """,
+        via=gw,
+    )
+    assert after == {"listed": [name], "total": 55}, after
+    stopped = postgres.query(f"SELECT status FROM clusters WHERE name = '{name}'", gw.database)
+    assert stopped == [[STOPPED]], stopped
