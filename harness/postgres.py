@@ -4,6 +4,7 @@ started on first use, one fresh database per gateway, queried as its superuser."
 from __future__ import annotations
 
 import re
+import subprocess
 from pathlib import Path
 
 from harness.processes import HarnessError, command_as, run
@@ -32,16 +33,19 @@ def url(database: str) -> str:
     return f"postgresql+psycopg://{OWNER}@/{database}?host={SOCKET_DIRECTORY}&port={PORT}"
 
 
-def psql_path() -> str:
-    found = sorted(Path("/usr/lib/postgresql").glob("*/bin/psql"), key=lambda p: int(p.parts[-3]))
+def _tool(name: str) -> str:
+    """The newest installed PostgreSQL's ``name`` (psql, pg_dump, pg_restore)."""
+    found = sorted(
+        Path("/usr/lib/postgresql").glob(f"*/bin/{name}"), key=lambda p: int(p.parts[-3])
+    )
     if not found:
-        raise HarnessError("no /usr/lib/postgresql/*/bin/psql: run scripts/postgres.sh up")
+        raise HarnessError(f"no /usr/lib/postgresql/*/bin/{name}: run scripts/postgres.sh up")
     return str(found[-1])
 
 
 def query(sql: str, database: str = "postgres") -> list[list[str]]:
     """Rows of ``sql`` run by the superuser (``postgres``) in ``database``."""
-    argv = [psql_path(), "-X", "-q", "-tA", "-F", "\t", "-v", "ON_ERROR_STOP=1"]
+    argv = [_tool("psql"), "-X", "-q", "-tA", "-F", "\t", "-v", "ON_ERROR_STOP=1"]
     argv += ["-h", SOCKET_DIRECTORY, "-p", str(PORT), "-d", database, "-c", sql]
     out = run(command_as("postgres", argv), timeout=60, cwd="/")
     if out.returncode != 0:
@@ -64,3 +68,25 @@ def drop_database(name: str) -> None:
     if not _NAME.fullmatch(name):
         raise ValueError(f"not a database name for the tests: {name!r}")
     query(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+
+
+def dump(database: str) -> bytes:
+    """``pg_dump -Fc`` of ``database``, made by its owner (the service account), as an
+    admin backs it up."""
+    argv = [_tool("pg_dump"), "-Fc", "-h", SOCKET_DIRECTORY, "-p", str(PORT), "-d", database]
+    out = subprocess.run(command_as(OWNER, argv), capture_output=True, timeout=120, cwd="/")
+    if out.returncode != 0:
+        raise HarnessError(f"pg_dump {database}: {out.stderr.decode()[-2000:]}")
+    return out.stdout
+
+
+def restore(database: str, backup: bytes) -> None:
+    """``pg_restore`` of a :func:`dump` into ``database`` (made empty first), by its owner."""
+    fresh_database(database)
+    argv = [_tool("pg_restore"), "--no-owner", "-h", SOCKET_DIRECTORY, "-p", str(PORT)]
+    argv += ["-d", database]
+    out = subprocess.run(
+        command_as(OWNER, argv), input=backup, capture_output=True, timeout=120, cwd="/"
+    )
+    if out.returncode != 0:
+        raise HarnessError(f"pg_restore {database}: {out.stderr.decode()[-2000:]}")

@@ -5,9 +5,11 @@ the users nothing. The restart and load tests run against PostgreSQL too (their
 
 import re
 
+import pytest
 from conftest import run
 
 from harness import postgres
+from harness.processes import HarnessError
 
 RUNNING, STOPPED = "3", "5"  # dask-gateway-server's JobStatus values, as stored
 
@@ -55,3 +57,37 @@ def test_the_gateway_keeps_its_state_in_postgresql(as_user, make_gateway):
     assert after == {"listed": [name], "total": 55}, after
     stopped = postgres.query(f"SELECT status FROM clusters WHERE name = '{name}'", gw.database)
     assert stopped == [[STOPPED]], stopped
+
+
+def test_a_database_restored_from_pg_dump_with_its_key_gets_the_clusters_back(
+    as_user, make_gateway
+):
+    gw = make_gateway("", db="postgres")
+    name = as_user("alice", "report(name=running_cluster(1))", via=gw)["name"]
+    gw.stop()
+    backup = postgres.dump(gw.database)
+
+    # The dump without the gateway's key (another gateway's state directory): useless.
+    keyless = make_gateway("", db="postgres")
+    keyless.stop()
+    postgres.restore(keyless.database, backup)
+    with pytest.raises(HarnessError):
+        keyless.start()
+    assert "InvalidToken" in keyless.log.read_text()
+
+    # The database is lost and restored; the key is where it was: alice's cluster is back.
+    postgres.restore(gw.database, backup)
+    gw.start()
+    after = as_user(
+        "alice",
+        f"""
+        cluster = Gateway().connect({name!r})
+        client = cluster.get_client()
+        client.wait_for_workers(1, timeout=120)
+        total = sum(client.gather(client.map(lambda x: x * 2, range(10))))
+        cluster.shutdown()
+        report(total=total)
+        """,
+        via=gw,
+    )
+    assert after == {"total": 90}, after
