@@ -55,6 +55,8 @@ def test_the_gateway_keeps_its_state_in_postgresql(as_user, make_gateway):
         via=gw,
     )
     assert after == {"listed": [name], "total": 55}, after
+    # Not even a background task met the dead connection (the pool checks before use).
+    assert "OperationalError" not in gw.log.read_text()
     stopped = postgres.query(f"SELECT status FROM clusters WHERE name = '{name}'", gw.database)
     assert stopped == [[STOPPED]], stopped
 
