@@ -194,6 +194,11 @@ class StockOverrides:
         if engine is not None:
             self.db.db.dispose()
             self.db.db = engine
+            self.log.info(
+                "State database %s, at most %d connections",
+                engine.url.render_as_string(hide_password=True),
+                POOL["pool_size"] + POOL["max_overflow"],
+            )
 
     async def on_cluster_heartbeat(self, cluster_name: str, msg: dict) -> None:
         # The heartbeat carries the number of workers the scheduler wants (scale, adapt).
