@@ -10,9 +10,10 @@ and only here, the backend overrides private methods of ``DBBackendBase`` and wr
   every API request for over a second).
 - ``_check_timeouts``: a worker's start timeout counts from when SLURM started its job (the
   stock check counts queue wait, cancelling workers merely waiting in a busy queue).
-- The stock tables, for PostgreSQL (``db_url = "postgresql+psycopg://..."``): three column
-  types there are SQLite-only (:data:`POSTGRESQL_TYPES`); they get a PostgreSQL variant at
-  import, which leaves SQLite's schema as it was. After the stock setup, a database other
+- The stock tables, for PostgreSQL (``db_url = "postgresql+psycopg://..."``): six columns
+  have types that work in SQLite only (:data:`POSTGRESQL_TYPES`); they get a PostgreSQL
+  variant at import (the stock ``metadata`` is changed in place), which leaves SQLite's
+  schema as it was. After the stock setup, a database other
   than SQLite gets a bounded connection pool that survives a database restart
   (:func:`bounded_engine`, in ``setup``: the stock setup passes no pool options, so the
   ``DataManager``'s engine, its attribute ``db``, is replaced).
