@@ -117,11 +117,18 @@ EOF
 }
 
 running() { as_postgres "$(pg_bin)/pg_ctl" status -D "$PG_DATA" >/dev/null 2>&1; }
+answering() {
+    as_postgres "$(pg_bin)/pg_isready" -q -d postgres -h "$PG_SOCKET_DIR" -p "$PG_PORT"
+}
 
 start_server() {
-    if running; then
+    if running && answering; then
         as_postgres "$(pg_bin)/pg_ctl" reload -D "$PG_DATA" >/dev/null
         return 0
+    fi
+    if running; then # its socket is gone (/run emptied, or the directory removed): restart
+        log "running but not answering on $PG_SOCKET_DIR: restarting it"
+        as_postgres "$(pg_bin)/pg_ctl" stop -D "$PG_DATA" -m fast -w -t 60 >/dev/null
     fi
     log "starting PostgreSQL on 127.0.0.1:$PG_PORT and $PG_SOCKET_DIR"
     # pg_ctl starts the server in a session of its own: it outlives this script.
@@ -164,7 +171,7 @@ cmd_status() {
     [[ -n $(pg_bin) ]] || { log "postgresql is not installed"; return 1; }
     [[ -f $PG_DATA/PG_VERSION ]] || { log "no instance in $PG_DATA"; return 1; }
     running || { log "down ($PG_DATA)"; return 1; }
-    as_postgres "$(pg_bin)/pg_isready" -q -d postgres -h "$PG_SOCKET_DIR" -p "$PG_PORT" || { log "not answering"; return 1; }
+    answering || { log "not answering on $PG_SOCKET_DIR"; return 1; }
     log "up: $PG_SOCKET_DIR, 127.0.0.1:$PG_PORT, data $PG_DATA"
 }
 
