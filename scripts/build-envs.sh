@@ -32,8 +32,9 @@ build_env "$prefix/envs/default" \
     "$(sha256sum < "$repo/conda_envs/default-requirements.txt")" \
     -r "$repo/conda_envs/default-requirements.txt"
 
-# The gateway venv: dependencies when pyproject.toml changes, the project itself every time.
-build_env "$prefix/venv" "$(sha256sum < "$repo/pyproject.toml")" "$repo[test]"
+# The gateway venv: dependencies when pyproject.toml changes, the project itself every time;
+# with the PostgreSQL driver (extra "postgres"; scripts/postgres.sh runs the server).
+build_env "$prefix/venv" "$(sha256sum < "$repo/pyproject.toml")" "$repo[test,postgres]"
 "$prefix/venv/bin/pip" install --quiet --no-deps --force-reinstall "$repo"
 
 # The munge client class, every time (its only dependency, dask-gateway, is pinned in both).

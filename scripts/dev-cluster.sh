@@ -8,6 +8,7 @@
 #   scripts/dev-cluster.sh purge           back to a fresh machine: stop all daemons, remove the
 #                                          users (the benchmark's carol too), groups, sudo rules, Slurm/munge/MariaDB config,
 #                                          state and logs, the gateway's files, test leftovers
+#                                          and the PostgreSQL instance of scripts/postgres.sh
 #                                          (Debian packages stay installed)
 #   scripts/dev-cluster.sh status          sinfo + which daemons are up
 #   scripts/dev-cluster.sh prepare         packages, users, sudo rule, directories only
@@ -962,6 +963,11 @@ cmd_purge() {
     purge_kill 0 "${uids[@]}"
     stop_started_daemons
     purge_kill 1
+    # --- PostgreSQL (scripts/postgres.sh): the project's instance, its data, config, socket.
+    if [[ -e /var/lib/slurm-gateway-postgres || -e /run/slurm-gateway-postgres ]]; then
+        bash "$SCRIPT_DIR/postgres.sh" purge && purged "PostgreSQL instance (scripts/postgres.sh)"
+    fi
+    # --- end PostgreSQL
     # The jobs' cgroups (cgroup v1), empty now: the kernel refuses to remove others.
     for cg in /sys/fs/cgroup/*/slurm /sys/fs/cgroup/*/slurm_* /sys/fs/cgroup/*/slurm-gateway-dev-probe.*; do
         [[ -d $cg ]] || continue

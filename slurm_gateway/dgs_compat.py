@@ -10,6 +10,13 @@ and only here, the backend overrides private methods of ``DBBackendBase`` and wr
   every API request for over a second).
 - ``_check_timeouts``: a worker's start timeout counts from when SLURM started its job (the
   stock check counts queue wait, cancelling workers merely waiting in a busy queue).
+- The stock tables, for PostgreSQL (``db_url = "postgresql+psycopg://..."``): six columns
+  have types that work in SQLite only (:data:`POSTGRESQL_TYPES`); they get a PostgreSQL
+  variant at import (the stock ``metadata`` is changed in place), which leaves SQLite's
+  schema as it was. After the stock setup, a database other
+  than SQLite gets a bounded connection pool that survives a database restart
+  (:func:`bounded_engine`, in ``setup``: the stock setup passes no pool options, so the
+  ``DataManager``'s engine, its attribute ``db``, is replaced).
 
 :func:`internals_problems` lists what a new dask-gateway-server release changed of what
 this relies on; the unit tests assert it is empty, so such a release fails them loudly.
@@ -22,15 +29,18 @@ import inspect
 import time
 import uuid
 
+import sqlalchemy as sa
 from dask_gateway_server.backends.db_base import (
     Cluster,
     DataManager,
     DBBackendBase,
     JobStatus,
     Worker,
+    metadata,
 )
 from dask_gateway_server.backends.db_base import workers as workers_table
 from dask_gateway_server.utils import Flag, timestamp
+from sqlalchemy.dialects import postgresql
 
 from .admission import is_worker_count
 from .lifecycle import (
@@ -84,6 +94,54 @@ ADMIN_CLUSTER_FIELDS = {
 }
 
 
+class _IntFlag(sa.TypeDecorator):
+    """An integer column the stock code writes Python bools to (``workers.close_expected``):
+    PostgreSQL refuses a boolean for an integer column; SQLite takes it as 0 or 1."""
+
+    impl = sa.Integer
+    cache_ok = True
+
+    def process_bind_param(self, value, dialect):
+        return None if value is None else int(value)
+
+
+#: Columns whose stock type works in SQLite only, with that stock type and what they are in
+#: PostgreSQL: it has no BINARY(n); the times are milliseconds since 1970, past a 32-bit
+#: INTEGER (SQLite's integers have 64 bits); and close_expected gets bools.
+POSTGRESQL_TYPES = {
+    ("clusters", "token"): (sa.BINARY, postgresql.BYTEA),
+    ("clusters", "start_time"): (sa.Integer, sa.BigInteger),
+    ("clusters", "stop_time"): (sa.Integer, sa.BigInteger),
+    ("workers", "start_time"): (sa.Integer, sa.BigInteger),
+    ("workers", "stop_time"): (sa.Integer, sa.BigInteger),
+    ("workers", "close_expected"): (sa.Integer, _IntFlag),
+}
+
+
+def _give_postgresql_variants() -> None:
+    for (table, column), (stock, variant) in POSTGRESQL_TYPES.items():
+        col = metadata.tables[table].c[column]
+        if type(col.type) is stock:
+            col.type = col.type.with_variant(variant(), "postgresql")
+
+
+# Before any DataManager creates the tables: once, when the backend imports this module.
+_give_postgresql_variants()
+
+#: The connection pool of a database server (the gateway uses the database from its one
+#: event-loop thread: one connection at a time, a second for the odd overlap).
+POOL = {"pool_size": 2, "max_overflow": 2, "pool_timeout": 30, "pool_pre_ping": True}
+
+
+def bounded_engine(url: str, echo: bool = False) -> sa.Engine | None:
+    """The engine for a database server at ``url``: at most ``pool_size + max_overflow``
+    connections, each checked before use (a database restart costs no failed request);
+    None for SQLite, whose stock engine stays."""
+    if sa.make_url(url).get_backend_name() == "sqlite":
+        return None
+    return sa.create_engine(url, echo=echo, **POOL)
+
+
 def internals_problems() -> list[str]:
     """What the installed dask-gateway-server lacks of the internals used here."""
     problems = []
@@ -100,6 +158,12 @@ def internals_problems() -> list[str]:
         for name in names:
             if not hasattr(cls, name) and name not in getattr(cls, "class_traits", dict)():
                 problems.append(f"{cls.__name__}.{name} is gone")
+    for (table, column), (stock, _) in POSTGRESQL_TYPES.items():
+        found = metadata.tables.get(table)
+        if found is None or column not in found.c or type(found.c[column].type) is not stock:
+            problems.append(f"the column {table}.{column} is gone or no longer {stock.__name__}")
+    if not isinstance(getattr(DataManager(), "db", None), sa.Engine):
+        problems.append("DataManager keeps its engine elsewhere than .db")
     fields = set(inspect.signature(Worker).parameters)
     if not WORKER_COLUMNS - {"cluster_id", "stop_time"} | {"cluster"} <= fields:
         problems.append(f"Worker() now takes {sorted(fields)}")
@@ -140,6 +204,20 @@ class StockOverrides:
     """The backend's overrides of ``DBBackendBase`` internals (see the module docstring).
     The backend provides ``allowed_worker_count``, ``job_info``, ``start_policy`` and
     ``record_worker_failure``."""
+
+    async def setup(self, app) -> None:
+        await super().setup(app)
+        # Swapped on the event-loop thread, the only one using the database: no connection
+        # of the stock engine is in use now.
+        engine = bounded_engine(self.db_url, self.db_debug)
+        if engine is not None:
+            self.db.db.dispose()
+            self.db.db = engine
+            self.log.info(
+                "State database %s, at most %d connections",
+                engine.url.render_as_string(hide_password=True),
+                POOL["pool_size"] + POOL["max_overflow"],
+            )
 
     async def on_cluster_heartbeat(self, cluster_name: str, msg: dict) -> None:
         # The heartbeat carries the number of workers the scheduler wants (scale, adapt).

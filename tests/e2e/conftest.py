@@ -25,6 +25,7 @@ from pathlib import Path
 import pytest
 from slurm_gateway_client import make_payload
 
+from harness import postgres
 from harness.gateway import SERVICE_ACCOUNT, SLURM_COMMANDS, GatewayProcess
 from harness.processes import RUNUSER, command_as, run, start_as, stop, user_environment, wait_until
 from harness.slurm import slurm_now, submitted_since, user_jobs
@@ -69,6 +70,9 @@ SIMPLE_AUTH = (
     'c.SlurmGateway.authenticator_class = "dask_gateway_server.auth.SimpleAuthenticator"; '
     "c.SlurmGateway.allow_simple_authenticator = True\n"
 )
+# The state database of a test gateway that does not choose: "sqlite" (a file in its state
+# directory) or "postgres" (a fresh database of scripts/postgres.sh's instance, its own).
+TEST_DB = os.environ.get("SLURM_GATEWAY_TEST_DB", "sqlite")
 
 # The transport of the test gateways (Gateway(transport=...) overrides it): "sudo" (local
 # sudo, the default) or "ssh": SSHSudoRunner to the loopback sshd of scripts/sshd.sh, the
@@ -144,10 +148,16 @@ class Gateway(GatewayProcess):
         extra_config: str = "",
         external_proxy: bool = False,
         transport: str | None = None,
+        db: str | None = None,
     ):
         super().__init__(workdir, GATEWAY, f"127.0.0.1:{port}")
         self.transport = transport or TRANSPORT
         assert self.transport in ("sudo", "ssh"), self.transport
+        self.db = db or TEST_DB
+        assert self.db in ("sqlite", "postgres"), self.db
+        # Made fresh here, once: it outlives the gateway's restarts, as a site's does.
+        self.database = f"slurm_gateway_test_{port}" if self.db == "postgres" else None
+        self.db_url = postgres.fresh_database(self.database) if self.database else None
         self.api = f"127.0.0.1:{port + 1}"
         self.extra_config = textwrap.dedent(extra_config)
         self.client_config = workdir / "dask"
@@ -180,6 +190,7 @@ class Gateway(GatewayProcess):
             c.MungeAuthenticator.audiences = ["{self.address}"]
             """)
             + (SSH_CONFIG if self.transport == "ssh" else "")
+            + (f'c.SlurmBackend.db_url = "{self.db_url}"\n' if self.db_url else "")
             + self.extra_config
         )
 
@@ -207,6 +218,8 @@ class Gateway(GatewayProcess):
         """Stop the gateway and its external proxy."""
         self.stop()
         stop(self.proxy_proc)
+        if self.database:
+            postgres.drop_database(self.database)
 
 
 @pytest.fixture(scope="session")
@@ -226,7 +239,10 @@ def make_gateway(gateway):
     started = []
 
     def _make(
-        extra_config: str, external_proxy: bool = False, transport: str | None = None
+        extra_config: str,
+        external_proxy: bool = False,
+        transport: str | None = None,
+        db: str | None = None,
     ) -> Gateway:
         gw = Gateway(
             Path(tempfile.mkdtemp(prefix="slurm-gateway-test-")),
@@ -234,6 +250,7 @@ def make_gateway(gateway):
             extra_config,
             external_proxy,
             transport,
+            db,
         )
         started.append(gw)
         gw.start()

@@ -76,7 +76,8 @@ def _load_jobs() -> list[str]:
     return out.stdout.split("\n")[:-1]
 
 
-def test_twenty_users_two_clusters_each_three_rounds(as_user, make_gateway, load_users):
+@pytest.mark.parametrize("db", ["sqlite", "postgres"])
+def test_twenty_users_two_clusters_each_three_rounds(as_user, make_gateway, load_users, db):
     gw = make_gateway(
         f"""
         # One process sends the requests of 20 users (module docstring): names it may choose.
@@ -87,7 +88,8 @@ def test_twenty_users_two_clusters_each_three_rounds(as_user, make_gateway, load
         c.SlurmBackend.slurm_poll_period = 2
         c.SlurmClusterConfig.scheduler_partition = "workers"
         c.SlurmClusterConfig.scheduler_memory = "400 M"
-        """
+        """,
+        db=db,
     )
     rss = []
     try:

@@ -15,9 +15,17 @@ import pytest
 from conftest import jobs_of, run, user_jobs, wait_until
 
 
-@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGKILL], ids=["SIGTERM", "SIGKILL"])
-def test_computation_goes_on_through_a_gateway_restart(as_user, make_gateway, sig):
-    gw = make_gateway("", external_proxy=True)
+@pytest.mark.parametrize(
+    ("sig", "db"),
+    [
+        pytest.param(signal.SIGTERM, "sqlite", id="SIGTERM"),
+        pytest.param(signal.SIGKILL, "sqlite", id="SIGKILL"),
+        # A crash with the state in PostgreSQL (issue 12).
+        pytest.param(signal.SIGKILL, "postgres", id="SIGKILL-postgres"),
+    ],
+)
+def test_computation_goes_on_through_a_gateway_restart(as_user, make_gateway, sig, db):
+    gw = make_gateway("", external_proxy=True, db=db)
     flags = Path(tempfile.mkdtemp(prefix="slurm-gateway-flags-"))
     os.chmod(flags, 0o777)
     client_code = """
@@ -72,8 +80,9 @@ def test_computation_goes_on_through_a_gateway_restart(as_user, make_gateway, si
     assert f"Cluster {(flags / 'computing').read_text()} failed" not in gw.log.read_text()
 
 
-def test_jobs_that_ended_while_the_gateway_was_down_are_reconciled(as_user, make_gateway):
-    gw = make_gateway("")
+@pytest.mark.parametrize("db", ["sqlite", "postgres"])
+def test_jobs_that_ended_while_the_gateway_was_down_are_reconciled(as_user, make_gateway, db):
+    gw = make_gateway("", db=db)
     made = as_user(
         "alice",
         "report(doomed=running_cluster(1), healed=running_cluster(2))",

@@ -1,0 +1,95 @@
+"""PostgreSQL as the gateway's state database (issue 12): the state really is there, its
+secrets encrypted with the gateway's key, the pool bounded, and a database restart costs
+the users nothing. The restart and load tests run against PostgreSQL too (their
+``postgres`` parameters)."""
+
+import re
+
+import pytest
+from conftest import run
+
+from harness import postgres
+from harness.processes import HarnessError
+
+RUNNING, STOPPED = "3", "5"  # dask-gateway-server's JobStatus values, as stored
+
+
+def test_the_gateway_keeps_its_state_in_postgresql(as_user, make_gateway):
+    gw = make_gateway("", db="postgres")
+    name = as_user("alice", "report(name=running_cluster(1))", via=gw)["name"]
+    assert re.fullmatch(r"[0-9a-f]{32}", name), name  # safe to put into SQL below
+
+    rows = postgres.query(
+        "SELECT c.username, c.status, count(w.id), encode(c.token, 'escape') LIKE 'gAAAAA%'"
+        f" FROM clusters c LEFT JOIN workers w ON w.cluster_id = c.id WHERE c.name = '{name}'"
+        " GROUP BY c.id",
+        gw.database,
+    )
+    # alice's running cluster and its worker; the API token Fernet-encrypted (db_encrypt_keys).
+    assert rows == [["alice", RUNNING, "1", "t"]], rows
+    state = gw.workdir / "state"
+    assert (state / "encrypt-keys").exists()
+    assert not list(state.glob("*.sqlite*")), list(state.iterdir())
+    connections = postgres.query(
+        f"SELECT count(*) FROM pg_stat_activity WHERE datname = '{gw.database}'"
+    )
+    assert 1 <= int(connections[0][0]) <= 4, connections  # dgs_compat.POOL: 2 + 2 overflow
+
+    # The database restarts (a site's maintenance): the gateway goes on, alice notices nothing.
+    for command in ("down", "up"):
+        out = run(["bash", str(postgres.SCRIPT), command], timeout=120)
+        assert out.returncode == 0, out.stderr
+    after = as_user(
+        "alice",
+        f"""
+        gateway = Gateway()
+        listed = [c.name for c in gateway.list_clusters()]
+        cluster = gateway.connect({name!r})
+        cluster.scale(2)
+        client = cluster.get_client()
+        client.wait_for_workers(2, timeout=120)
+        total = sum(client.gather(client.map(lambda x: x + 1, range(10))))
+        cluster.shutdown()
+        report(listed=listed, total=total)
+        """,
+        via=gw,
+    )
+    assert after == {"listed": [name], "total": 55}, after
+    # Not even a background task met the dead connection (the pool checks before use).
+    assert "OperationalError" not in gw.log.read_text()
+    stopped = postgres.query(f"SELECT status FROM clusters WHERE name = '{name}'", gw.database)
+    assert stopped == [[STOPPED]], stopped
+
+
+def test_a_database_restored_from_pg_dump_with_its_key_gets_the_clusters_back(
+    as_user, make_gateway
+):
+    gw = make_gateway("", db="postgres")
+    name = as_user("alice", "report(name=running_cluster(1))", via=gw)["name"]
+    gw.stop()
+    backup = postgres.dump(gw.database)
+
+    # The dump without the gateway's key (another gateway's state directory): useless.
+    keyless = make_gateway("", db="postgres")
+    keyless.stop()
+    postgres.restore(keyless.database, backup)
+    with pytest.raises(HarnessError):
+        keyless.start()
+    assert "InvalidToken" in keyless.log.read_text()
+
+    # The database is lost and restored; the key is where it was: alice's cluster is back.
+    postgres.restore(gw.database, backup)
+    gw.start()
+    after = as_user(
+        "alice",
+        f"""
+        cluster = Gateway().connect({name!r})
+        client = cluster.get_client()
+        client.wait_for_workers(1, timeout=120)
+        total = sum(client.gather(client.map(lambda x: x * 2, range(10))))
+        cluster.shutdown()
+        report(total=total)
+        """,
+        via=gw,
+    )
+    assert after == {"total": 90}, after
