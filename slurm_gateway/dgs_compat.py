@@ -10,6 +10,8 @@ and only here, the backend overrides private methods of ``DBBackendBase`` and wr
   every API request for over a second).
 - ``_check_timeouts``: a worker's start timeout counts from when SLURM started its job (the
   stock check counts queue wait, cancelling workers merely waiting in a busy queue).
+- ``DaskGateway.health``, which the stock ``/api/health`` route calls: it always says
+  "pass"; :func:`answer_health_with` makes it the backend's report (``health``).
 
 :func:`internals_problems` lists what a new dask-gateway-server release changed of what
 this relies on; the unit tests assert it is empty, so such a release fails them loudly.
@@ -21,7 +23,10 @@ import asyncio
 import inspect
 import time
 import uuid
+from collections.abc import Awaitable, Callable
 
+from dask_gateway_server import routes
+from dask_gateway_server.app import DaskGateway
 from dask_gateway_server.backends.db_base import (
     Cluster,
     DataManager,
@@ -73,6 +78,16 @@ USED_ATTRIBUTES = {
 }
 
 
+#: What the stock ``/api/health`` route does (``routes.health``): ask the gateway object.
+HEALTH_CALL = 'request.app["gateway"].health()'
+
+
+def answer_health_with(app, report: Callable[[], Awaitable[dict]]) -> None:
+    """Make the stock ``/api/health`` answer ``report()`` (HTTP 503 when its ``status`` is
+    ``fail``): the route calls ``app["gateway"].health()``, replaced here on that object."""
+    app["gateway"].health = report
+
+
 def internals_problems() -> list[str]:
     """What the installed dask-gateway-server lacks of the internals used here."""
     problems = []
@@ -89,6 +104,14 @@ def internals_problems() -> list[str]:
         for name in names:
             if not hasattr(cls, name) and name not in getattr(cls, "class_traits", dict)():
                 problems.append(f"{cls.__name__}.{name} is gone")
+    health = getattr(DaskGateway, "health", None)
+    if not inspect.iscoroutinefunction(health) or list(inspect.signature(health).parameters) != [
+        "self"
+    ]:
+        problems.append("DaskGateway.health is gone or now takes arguments")
+    route = inspect.unwrap(getattr(routes, "health", None) or (lambda: None))
+    if HEALTH_CALL not in inspect.getsource(route):
+        problems.append("the /api/health route no longer calls the gateway's health()")
     fields = set(inspect.signature(Worker).parameters)
     if not WORKER_COLUMNS - {"cluster_id", "stop_time"} | {"cluster"} <= fields:
         problems.append(f"Worker() now takes {sorted(fields)}")
