@@ -1,5 +1,5 @@
 """The ``slurm-gateway`` command: run the gateway or its proxy, write a documented config file,
-print the client config."""
+print the client config, check an install (``check``: :mod:`slurm_gateway.preflight`)."""
 
 from __future__ import annotations
 
@@ -240,6 +240,7 @@ class SlurmGateway(DaskGateway):
         "generate-config": ("slurm_gateway.cli.GenerateConfig", GenerateConfig.__doc__),
         "client-config": ("slurm_gateway.cli.ClientConfig", ClientConfig.__doc__),
         "proxy": ("slurm_gateway.cli.ProxyCommand", ProxyCommand.__doc__.splitlines()[0]),
+        "check": ("slurm_gateway.preflight.CheckCommand", "Check an install (as root or slurmgw)"),
     }
 
     config_file = Unicode(DEFAULT_CONFIG, help="The config file to load.", config=True)
