@@ -144,6 +144,7 @@ class HealthMonitor:
         sacct: str,
         period: float,
         proxy_url: str,
+        gateway_url: str,
         engine: sa.engine.Engine,
         log: logging.Logger,
     ):
@@ -151,6 +152,8 @@ class HealthMonitor:
         self._scontrol, self._squeue, self._sacct = scontrol, squeue, sacct
         self.period = period
         self.proxy_url = proxy_url
+        self.gateway_url = gateway_url
+        self._serving = False  # the gateway's own API listens (the proxy forwards there)
         self._engine = engine
         self._log = log
         self.seen: dict[str, Observation] = {}
@@ -173,6 +176,7 @@ class HealthMonitor:
             sacct=backend.sacct,
             period=backend.slurm_poll_period,
             proxy_url=f"{scheme}://{host}:{port}{proxy.prefix}/api/version",
+            gateway_url=f"{proxy.gateway_url}/api/version",
             engine=backend.db.db,
             log=backend.log,
         )
@@ -237,6 +241,12 @@ class HealthMonitor:
         await self.observing(self._run)(sacct_command(["1"], self._sacct))
 
     async def _probe_proxy(self) -> None:
+        # Until the gateway's API listens (setup still running), the proxy cannot route
+        # to it: the proxy stays "not checked yet", not failing.
+        if not self._serving:
+            self._serving, _ = await http_answers(self.gateway_url, PROBE_TIMEOUT)
+            if not self._serving:
+                return
         self.note("proxy", *await http_answers(self.proxy_url, PROBE_TIMEOUT))
 
     async def _probe_database(self) -> None:

@@ -110,6 +110,7 @@ def _monitor(slurm: _Slurm, tmp_path, proxy_url="http://127.0.0.1:1/api/version"
         sacct="sacct",
         period=5,
         proxy_url=proxy_url,
+        gateway_url=proxy_url,
         engine=engine,
         log=logging.getLogger("test"),
     )
@@ -154,6 +155,7 @@ def test_the_pollers_squeue_failing_fails_health_and_no_ping_is_added(tmp_path):
 def test_without_polls_the_monitor_pings_once_per_period(tmp_path):
     slurm = _Slurm()
     monitor = _monitor(slurm, tmp_path)
+    monitor._serving = True  # the gateway's API listens: the proxy is probed
 
     async def scenario():
         await monitor.refresh()
@@ -170,6 +172,18 @@ def test_without_polls_the_monitor_pings_once_per_period(tmp_path):
     assert body["checks"]["proxy"]["status"] == FAIL  # nothing listens on port 1
     assert "127.0.0.1:1" in body["checks"]["proxy"]["message"]
     assert body["checks"]["database"] == {"status": PASS, "message": "sqlite answers"}
+
+
+def test_while_the_gateway_is_not_serving_yet_the_proxy_is_not_failed(tmp_path):
+    monitor = _monitor(_Slurm(), tmp_path)  # its gateway_url: nothing listens
+
+    async def scenario():
+        await monitor.refresh()
+        return await monitor.report()
+
+    body = asyncio.run(scenario())
+    assert body["checks"]["proxy"] == {"status": WARN, "message": "proxy not checked yet"}
+    assert body["status"] == WARN
 
 
 def test_a_database_that_cannot_be_opened_fails(tmp_path):
@@ -195,6 +209,7 @@ def test_a_proxy_routing_to_the_gateway_passes(tmp_path):
         monitor = _monitor(_Slurm(), tmp_path, f"http://127.0.0.1:{port}/api/version")
         await monitor.refresh()
         wrong = _monitor(_Slurm(), tmp_path, f"http://127.0.0.1:{port}/nothing")
+        wrong._serving = True
         await wrong.refresh()
         await runner.cleanup()
         return monitor.seen["proxy"], wrong.seen["proxy"]
