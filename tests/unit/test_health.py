@@ -255,3 +255,15 @@ def test_the_stock_route_answers_the_backends_report_with_503_on_fail():
     status, body = asyncio.run(scenario())
     assert status == 503
     assert body["checks"]["slurm"]["message"] == "down"
+
+
+def test_a_release_whose_health_route_stops_asking_the_gateway_is_caught(monkeypatch):
+    from dask_gateway_server import routes
+
+    async def health(request):
+        return web.json_response({"status": "pass"})
+
+    monkeypatch.setattr(routes, "health", health)
+    assert "the /api/health route no longer calls the gateway's health()" in (
+        dgs_compat.internals_problems()
+    )
