@@ -44,13 +44,20 @@ def test_health_fails_within_a_poll_when_slurmctld_stops_and_passes_when_it_retu
     _, status, before = wait_for_health(gw, "pass", 3 * POLL)
     assert (status, before["status"]) == (200, "pass"), before
     assert set(before["checks"]) == {"slurm", "accounting", "database", "proxy"}
-    stop_slurm_daemon("slurmctld")
+    killed = time.monotonic()
+    stop_slurm_daemon("slurmctld")  # returns once its process is gone
+    stopping = time.monotonic() - killed
     try:
         took, status, during = wait_for_health(gw, "fail", POLL + COMMAND_SLACK + 20)
     finally:
-        start_slurm_daemons()
+        restarting = time.monotonic()
+        start_slurm_daemons()  # returns once slurmctld answers
+        restarting = time.monotonic() - restarting
     back_took, back_status, after = wait_for_health(gw, "pass", POLL + COMMAND_SLACK + 20)
-    print(f"unhealthy after {took:.1f} s, healthy again {back_took:.1f} s after the restart")
+    print(
+        f"slurmctld took {stopping:.1f} s to exit; health failed {took:.1f} s after that; "
+        f"the restart took {restarting:.1f} s, health passed {back_took:.1f} s after it"
+    )
     assert status == 503 and during["checks"]["slurm"]["status"] == "fail", during
     assert "slurmctld" in during["checks"]["slurm"]["message"], during
     assert during["checks"]["database"]["status"] == "pass"
