@@ -2,8 +2,10 @@
 `slurm-gateway check` passes on the dev cluster and names what an admin broke."""
 
 import json
+import math
 import os
 import shutil
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -44,18 +46,31 @@ def test_health_fails_within_a_poll_when_slurmctld_stops_and_passes_when_it_retu
     _, status, before = wait_for_health(gw, "pass", 3 * POLL)
     assert (status, before["status"]) == (200, "pass"), before
     assert set(before["checks"]) == {"slurm", "accounting", "database", "proxy"}
+    failed_at = []  # when /api/health first failed, sampled while slurmctld stops
+
+    def sample():
+        while not failed_at and time.monotonic() - killed < 60:
+            if health(gw)[0] == 503:
+                failed_at.append(time.monotonic())
+            time.sleep(0.1)
+
     killed = time.monotonic()
+    sampler = threading.Thread(target=sample)
+    sampler.start()
     stop_slurm_daemon("slurmctld")  # returns once its process is gone
     stopping = time.monotonic() - killed
     try:
         took, status, during = wait_for_health(gw, "fail", POLL + COMMAND_SLACK + 20)
     finally:
+        sampler.join()
         restarting = time.monotonic()
         start_slurm_daemons()  # returns once slurmctld answers
         restarting = time.monotonic() - restarting
     back_took, back_status, after = wait_for_health(gw, "pass", POLL + COMMAND_SLACK + 20)
+    first_fail = (failed_at or [math.nan])[0] - killed
     print(
-        f"slurmctld took {stopping:.1f} s to exit; health failed {took:.1f} s after that; "
+        f"slurmctld took {stopping:.1f} s to exit; health failed {first_fail:.1f} s "
+        f"after the SIGTERM ({took:.1f} s after the exit); "
         f"the restart took {restarting:.1f} s, health passed {back_took:.1f} s after it"
     )
     assert status == 503 and during["checks"]["slurm"]["status"] == "fail", during
