@@ -99,7 +99,10 @@ def check(gw, *args: str):
 
 def test_check_passes_on_the_dev_cluster_and_names_the_broken_part(make_gateway):
     gw = make_gateway("")
-    code, found = check(gw, "--user", "alice")
+    # (Without the subcommand, `slurm-gateway check -f ...` would start a gateway: say so fast.)
+    usage = run([GATEWAY, "check", "--help"], timeout=60)
+    assert "Check an install of the gateway" in usage.stdout, usage.stdout[-2000:]
+    code, found = check(gw, "--user", "alice", "--job-timeout", "120")
     assert code == 0, found
     for name in (
         "config",
