@@ -191,19 +191,22 @@ class HealthMonitor:
         """``run``, noting what each squeue, scontrol and sacct it runs answered."""
 
         async def observed(argv: list[str], **kwargs) -> CommandResult:
-            part = self._part(argv)
-            token = object()
-            if part == "slurm":
-                self._pending[id(token)] = time.monotonic()
-            try:
-                result = await run(argv, **kwargs)
-            finally:
-                self._pending.pop(id(token), None)
-            if part:
-                self.note(part, *command_answer(result))
-            return result
+            return await self._observe(run, argv, kwargs, command_answer)
 
         return observed
+
+    async def _observe(self, run: Run, argv: list[str], kwargs: dict, answer) -> CommandResult:
+        part = self._part(argv)
+        token = object()
+        if part == "slurm":
+            self._pending[id(token)] = time.monotonic()
+        try:
+            result = await run(argv, **kwargs)
+        finally:
+            self._pending.pop(id(token), None)
+        if part:
+            self.note(part, *answer(result))
+        return result
 
     def note(self, part: str, ok: bool, message: str) -> None:
         was = self.seen.get(part)
@@ -234,11 +237,10 @@ class HealthMonitor:
             await asyncio.sleep(self.period)
 
     async def _probe_slurm(self) -> None:
-        result = await self.observing(self._run)([self._scontrol, "ping"])
-        self.note("slurm", *ping_answer(result))
+        await self._observe(self._run, [self._scontrol, "ping"], {}, ping_answer)
 
     async def _probe_accounting(self) -> None:
-        await self.observing(self._run)(sacct_command(["1"], self._sacct))
+        await self._observe(self._run, sacct_command(["1"], self._sacct), {}, command_answer)
 
     async def _probe_proxy(self) -> None:
         # Until the gateway's API listens (setup still running), the proxy cannot route
