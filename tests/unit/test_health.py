@@ -267,3 +267,27 @@ def test_a_release_whose_health_route_stops_asking_the_gateway_is_caught(monkeyp
     assert "the /api/health route no longer calls the gateway's health()" in (
         dgs_compat.internals_problems()
     )
+
+
+def test_each_change_is_logged_once(tmp_path, caplog):
+    slurm = _Slurm()
+    monitor = _monitor(slurm, tmp_path)
+    polled = monitor.observing(slurm.run)
+
+    async def scenario():
+        await polled(["squeue", "--jobs=1"])
+        slurm.up = False
+        for _ in range(3):
+            await polled(["squeue", "--jobs=1"])
+            monitor.seen["slurm"] = Observation(False, "old", 0.0)
+            await monitor.refresh()  # its own ping fails too: no second line
+        slurm.up = True
+        await polled(["squeue", "--jobs=1"])
+
+    with caplog.at_level(logging.INFO, logger="test"):
+        asyncio.run(scenario())
+    health_lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("Health")]
+    assert [line.split(":")[1] for line in health_lines] == [
+        " slurm fails",
+        " slurm answers again",
+    ], health_lines
