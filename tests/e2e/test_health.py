@@ -11,7 +11,16 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
-from conftest import run, start_slurm_daemons, stop_slurm_daemon, user_jobs, wait_until
+from conftest import (
+    SERVICE_ACCOUNT,
+    run,
+    start_slurm_daemons,
+    stop_slurm_daemon,
+    user_jobs,
+    wait_until,
+)
+
+from harness.processes import command_as
 
 GATEWAY = "/opt/slurm-gateway/venv/bin/slurm-gateway"
 SUDO_RULE = Path("/etc/sudoers.d/slurm-gateway")
@@ -119,6 +128,10 @@ def test_check_passes_on_the_dev_cluster_and_names_the_broken_part(make_gateway)
         assert found.get(name, ("missing",))[0] == "PASS", (name, found)
     assert "dask " in found["job environment"][1]
     assert gw.proxy in found["proxy from a node"][1]
+    # As the service account itself (sudo -l of its own privileges), too.
+    as_service = run(command_as(SERVICE_ACCOUNT, [GATEWAY, "check", "-f", str(gw.config)]))
+    assert as_service.returncode == 0, as_service.stdout + as_service.stderr
+    assert "PASS  sudo rule (width)" in as_service.stdout, as_service.stdout
 
     moved = Path("/etc/slurm-gateway-sudoers.test-moved")
     shutil.move(SUDO_RULE, moved)
