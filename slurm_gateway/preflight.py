@@ -34,6 +34,7 @@ from .identity import user_problem
 from .jobspec import user_log_directory
 from .preflight_rules import (
     FAIL,
+    NO_RULE,
     PASS,
     SKIP,
     Outcome,
@@ -83,6 +84,8 @@ def sudo_width(account: str, backend) -> Outcome:
         )
     documented = documented_commands(backend.sbatch, backend.scancel, backend.user_helper)
     problems = sudo_rule_problems(listing, documented)
+    if problems == [NO_RULE]:
+        return Outcome(name, FAIL, f"{account} may run nothing through sudo; {SUDO_FIX}")
     if problems:
         return Outcome(
             name, FAIL, f"{account}'s sudo privileges are wider than documented: "

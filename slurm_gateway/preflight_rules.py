@@ -20,6 +20,8 @@ PASS, FAIL, SKIP = "PASS", "FAIL", "SKIP"
 CHECK_JOB_NAME = "slurm-gateway-check"
 #: What the check job prints before its JSON report.
 REPORT_PREFIX = "slurm-gateway-check: "
+#: The sudo rule's only problem when the service account may run nothing through sudo.
+NO_RULE = "the service account may run nothing through sudo"
 
 
 @dataclass(frozen=True)
@@ -84,7 +86,7 @@ def sudo_rule_problems(listing: str, documented: set[str]) -> list[str]:
     """What the service account's sudo privileges allow beyond the documented rule."""
     entries = sudo_entries(listing)
     if not entries:
-        return ["the service account may run nothing through sudo"]
+        return [NO_RULE]
     problems = []
     for runas, commands in entries:
         targets = [t.strip() for t in runas.split(",")]
