@@ -28,7 +28,8 @@ from .admission import Admissions, ClusterAdmission
 from .api import failure_reason_middleware, request_body_middleware
 from .as_user import AsUser, UserError
 from .batching import Coalescer
-from .dgs_compat import StockOverrides
+from .dgs_compat import StockOverrides, answer_health_with
+from .health import HealthMonitor
 from .identity import user_problem
 from .jobs import JobControl, SlurmError
 from .jobspec import JobScripts, user_log_directory
@@ -75,6 +76,7 @@ class SlurmBackend(AdminChannel, ClusterAdmission, StockOverrides, SlurmBackendS
         app.middlewares.append(failure_reason_middleware(self._recorded_failure))
         app.middlewares.append(request_body_middleware)
         await super().setup(app)
+        answer_health_with(app, self.health.report)
 
     async def do_setup(self) -> None:
         # The site's cluster settings are checked now, not at the first user's request.
@@ -85,7 +87,9 @@ class SlurmBackend(AdminChannel, ClusterAdmission, StockOverrides, SlurmBackendS
         self.limits = self.make_user_limits()
         self.start_policy = self.make_start_policy()
         self.admissions = Admissions(self.max_concurrent_starts_per_user)
+        self.health = HealthMonitor.of(self)
         self._make_job_parts()
+        self.task_pool.spawn(self.health.run_forever())
         self._track_active_clusters()
         self.task_pool.spawn(self._every(self.slurm_poll_period, self._poll_slurm, "polling SLURM"))
         self.task_pool.spawn(
@@ -111,9 +115,8 @@ class SlurmBackend(AdminChannel, ClusterAdmission, StockOverrides, SlurmBackendS
             self.listen_host,
             self.worker_walltime_margin,
         )
-        self.tracker = JobTracker(
-            self.runner.run, squeue=self.squeue, sacct=self.sacct, log=self.log
-        )
+        run = self.health.observing(self.runner.run)  # /api/health reads what polls learn
+        self.tracker = JobTracker(run, squeue=self.squeue, sacct=self.sacct, log=self.log)
         self.jobs = JobControl(
             self.runner,
             self.tracker,

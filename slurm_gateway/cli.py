@@ -1,5 +1,5 @@
 """The ``slurm-gateway`` command: run the gateway or its proxy, write a documented config file,
-print the client config."""
+print the client config, check an install (``check``: :mod:`slurm_gateway.preflight`)."""
 
 from __future__ import annotations
 
@@ -244,6 +244,7 @@ class SlurmGateway(DaskGateway):
         "clusters": ("slurm_gateway.admin_cli.ClustersCommand", "List every user's clusters."),
         "stop": ("slurm_gateway.admin_cli.StopCommand", "Stop a cluster, with a reason."),
         "logs": ("slurm_gateway.admin_cli.LogsCommand", "Print your clusters' job logs."),
+        "check": ("slurm_gateway.preflight.CheckCommand", "Check an install (as root or slurmgw)"),
     }
 
     config_file = Unicode(DEFAULT_CONFIG, help="The config file to load.", config=True)

@@ -17,6 +17,8 @@ and only here, the backend overrides private methods of ``DBBackendBase`` and wr
   than SQLite gets a bounded connection pool that survives a database restart
   (:func:`bounded_engine`, in ``setup``: the stock setup passes no pool options, so the
   ``DataManager``'s engine, its attribute ``db``, is replaced).
+- ``DaskGateway.health``, which the stock ``/api/health`` route calls: it always says
+  "pass"; :func:`answer_health_with` makes it the backend's report (``health``).
 
 :func:`internals_problems` lists what a new dask-gateway-server release changed of what
 this relies on; the unit tests assert it is empty, so such a release fails them loudly.
@@ -28,8 +30,11 @@ import asyncio
 import inspect
 import time
 import uuid
+from collections.abc import Awaitable, Callable
 
 import sqlalchemy as sa
+from dask_gateway_server import routes
+from dask_gateway_server.app import DaskGateway
 from dask_gateway_server.backends.db_base import (
     Cluster,
     DataManager,
@@ -142,6 +147,16 @@ def bounded_engine(url: str, echo: bool = False) -> sa.Engine | None:
     return sa.create_engine(url, echo=echo, **POOL)
 
 
+#: What the stock ``/api/health`` route does (``routes.health``): ask the gateway object.
+HEALTH_CALL = 'request.app["gateway"].health()'
+
+
+def answer_health_with(app, report: Callable[[], Awaitable[dict]]) -> None:
+    """Make the stock ``/api/health`` answer ``report()`` (HTTP 503 when its ``status`` is
+    ``fail``): the route calls ``app["gateway"].health()``, replaced here on that object."""
+    app["gateway"].health = report
+
+
 def internals_problems() -> list[str]:
     """What the installed dask-gateway-server lacks of the internals used here."""
     problems = []
@@ -164,6 +179,14 @@ def internals_problems() -> list[str]:
             problems.append(f"the column {table}.{column} is gone or no longer {stock.__name__}")
     if not isinstance(getattr(DataManager(), "db", None), sa.Engine):
         problems.append("DataManager keeps its engine elsewhere than .db")
+    health = getattr(DaskGateway, "health", None)
+    if not inspect.iscoroutinefunction(health) or list(inspect.signature(health).parameters) != [
+        "self"
+    ]:
+        problems.append("DaskGateway.health is gone or now takes arguments")
+    route = inspect.unwrap(getattr(routes, "health", None) or (lambda: None))
+    if HEALTH_CALL not in inspect.getsource(route):
+        problems.append("the /api/health route no longer calls the gateway's health()")
     fields = set(inspect.signature(Worker).parameters)
     if not WORKER_COLUMNS - {"cluster_id", "stop_time"} | {"cluster"} <= fields:
         problems.append(f"Worker() now takes {sorted(fields)}")

@@ -1,0 +1,303 @@
+"""What ``/api/health`` answers: SLURM (slurmctld), accounting (slurmdbd), the database and
+the proxy, each with a status and a message naming what fails.
+
+A load balancer may ask every few seconds: no request reaches slurmctld. SLURM's parts are
+judged from what the backend's poller already learns (its ``squeue`` and ``sacct`` go
+through :meth:`HealthMonitor.observing`); only when the poller asked nothing for a poll
+period (no jobs to track) does the monitor ask itself, with the cheapest RPC there is
+(``scontrol ping``; for accounting a one-job ``sacct``, at most every
+:data:`ACCOUNTING_PROBE_PERIOD` seconds). The proxy is probed once per poll period; the
+database at each request (``SELECT 1``, bounded, one at a time).
+
+Statuses: ``pass``; ``warn`` (degraded, still serving: accounting down, not checked yet);
+``fail`` (HTTP 503: slurmctld, the database or the proxy does not answer).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import ssl
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+
+import aiohttp
+import sqlalchemy as sa
+
+from .slurm import sacct_command
+from .transport import CommandResult
+
+PASS, WARN, FAIL = "pass", "warn", "fail"
+_RANK = {PASS: 0, WARN: 1, FAIL: 2}
+
+#: Seconds between the monitor's own accounting probes when the poller ran no sacct.
+ACCOUNTING_PROBE_PERIOD = 60.0
+#: Seconds the proxy and the database have to answer a probe.
+PROBE_TIMEOUT = 5.0
+#: Seconds a SLURM command may be under way before slurmctld counts as not answering.
+SLOW_ANSWER = 15.0
+
+Run = Callable[..., Awaitable[CommandResult]]
+
+
+@dataclass(frozen=True)
+class Observation:
+    """One answer (or failure) from a part, at ``at`` (``time.monotonic()``)."""
+
+    ok: bool
+    message: str
+    at: float
+
+
+@dataclass(frozen=True)
+class Check:
+    status: str
+    message: str
+
+    def as_json(self) -> dict:
+        return {"status": self.status, "message": self.message}
+
+
+# -- decisions ------------------------------------------------------------------------------
+
+
+def is_due(seen: Observation | None, now: float, period: float) -> bool:
+    """Whether a part was last heard of ``period`` seconds ago or more (or never)."""
+    return seen is None or now - seen.at >= period
+
+
+def slurm_check(
+    seen: Observation | None, pending_since: float | None, now: float, period: float
+) -> Check:
+    """slurmctld: failing if its last answer was a failure, or a command has waited for it
+    longer than ``max(SLOW_ANSWER, 2 * period)``; a warning if unheard of for 3 periods."""
+    slow = max(SLOW_ANSWER, 2 * period)
+    if pending_since is not None and now - pending_since > slow:
+        return Check(FAIL, f"slurmctld has not answered for {now - pending_since:.0f} s")
+    if seen is None:
+        return Check(WARN, "slurmctld not checked yet")
+    if not seen.ok:
+        return Check(FAIL, f"slurmctld does not answer: {seen.message}")
+    age = now - seen.at
+    if age > 3 * period + slow:
+        return Check(WARN, f"slurmctld last answered {age:.0f} s ago; not checked since")
+    return Check(PASS, f"slurmctld answered {age:.0f} s ago")
+
+
+def accounting_check(seen: Observation | None, now: float) -> Check:
+    """slurmdbd (sacct): a warning when it fails, since clusters keep running without it
+    (final job states then come from squeue alone)."""
+    if seen is None:
+        return Check(WARN, "accounting (sacct) not checked yet")
+    if not seen.ok:
+        return Check(
+            WARN,
+            "accounting (slurmdbd) does not answer; final job states come from squeue "
+            f"alone: {seen.message}",
+        )
+    return Check(PASS, f"sacct answered {now - seen.at:.0f} s ago")
+
+
+def probed_check(name: str, seen: Observation | None) -> Check:
+    """The database or the proxy, from its latest probe."""
+    if seen is None:
+        return Check(WARN, f"{name} not checked yet")
+    return Check(PASS if seen.ok else FAIL, seen.message)
+
+
+def overall(checks: dict[str, Check]) -> str:
+    """The worst status of the checks."""
+    return max((c.status for c in checks.values()), key=_RANK.__getitem__, default=PASS)
+
+
+def health_body(checks: dict[str, Check]) -> dict:
+    """The JSON of ``/api/health`` (HTTP 503 when its ``status`` is ``fail``)."""
+    return {"status": overall(checks), "checks": {k: c.as_json() for k, c in checks.items()}}
+
+
+def ping_answer(result: CommandResult) -> tuple[bool, str]:
+    """``scontrol ping``: ``Slurmctld(primary) at HOST is UP`` (each controller a line)."""
+    text = (result.stdout.strip() or result.stderr.strip()).replace("\n", " | ")[:500]
+    if not result.ok or "DOWN" in result.stdout or "UP" not in result.stdout:
+        return False, f"scontrol ping: {text or result.summary()}"
+    return True, text
+
+
+def command_answer(result: CommandResult) -> tuple[bool, str]:
+    """A SLURM command's answer as an observation's ``(ok, message)``."""
+    return (True, "answered") if result.ok else (False, result.summary()[:500])
+
+
+# -- the monitor ------------------------------------------------------------------------------
+
+
+class HealthMonitor:
+    """Keeps the latest answer of each part; :meth:`report` is the body of ``/api/health``."""
+
+    def __init__(
+        self,
+        run: Run,
+        *,
+        scontrol: str,
+        squeue: str,
+        sacct: str,
+        period: float,
+        proxy_url: str,
+        gateway_url: str,
+        engine: sa.engine.Engine,
+        log: logging.Logger,
+    ):
+        self._run = run
+        self._scontrol, self._squeue, self._sacct = scontrol, squeue, sacct
+        self.period = period
+        self.proxy_url = proxy_url
+        self.gateway_url = gateway_url
+        self._serving = False  # the gateway's own API listens (the proxy forwards there)
+        self._engine = engine
+        self._log = log
+        self.seen: dict[str, Observation] = {}
+        self._pending: dict[int, float] = {}  # SLURM commands under way: start times
+        self._db_probe: asyncio.Future | None = None
+
+    @classmethod
+    def of(cls, backend) -> HealthMonitor:
+        """The monitor of a :class:`~slurm_gateway.backend.SlurmBackend` (after its setup
+        made the proxy, the database and the runner)."""
+        proxy = backend.proxy
+        host, _, port = proxy.address.rpartition(":")
+        if host in ("", "0.0.0.0", "[::]", "::"):
+            host = "127.0.0.1"
+        scheme = "https" if proxy.tls_cert else "http"
+        return cls(
+            backend.runner.run,
+            scontrol=backend.scontrol,
+            squeue=backend.squeue,
+            sacct=backend.sacct,
+            period=backend.slurm_poll_period,
+            proxy_url=f"{scheme}://{host}:{port}{proxy.prefix}/api/version",
+            gateway_url=f"{proxy.gateway_url}/api/version",
+            engine=backend.db.db,
+            log=backend.log,
+        )
+
+    def _part(self, argv: list[str]) -> str | None:
+        program = argv[0] if argv else ""
+        if program in (self._squeue, self._scontrol):
+            return "slurm"
+        return "accounting" if program == self._sacct else None
+
+    def observing(self, run: Run) -> Run:
+        """``run``, noting what each squeue, scontrol and sacct it runs answered."""
+
+        async def observed(argv: list[str], **kwargs) -> CommandResult:
+            return await self._observe(run, argv, kwargs, command_answer)
+
+        return observed
+
+    async def _observe(self, run: Run, argv: list[str], kwargs: dict, answer) -> CommandResult:
+        part = self._part(argv)
+        token = object()
+        if part == "slurm":
+            self._pending[id(token)] = time.monotonic()
+        try:
+            result = await run(argv, **kwargs)
+        finally:
+            self._pending.pop(id(token), None)
+        if part:
+            self.note(part, *answer(result))
+        return result
+
+    def note(self, part: str, ok: bool, message: str) -> None:
+        was = self.seen.get(part)
+        if was is not None and was.ok != ok:
+            log = self._log.info if ok else self._log.warning
+            log("Health: %s %s: %s", part, "answers again" if ok else "fails", message)
+        self.seen[part] = Observation(ok, message, time.monotonic())
+
+    async def refresh(self) -> None:
+        """Probe what the poller has not heard of for a period; probe the proxy."""
+        now = time.monotonic()
+        probes = [self._probe_proxy()]
+        if is_due(self.seen.get("slurm"), now, self.period) and not self._pending:
+            probes.append(self._probe_slurm())
+        if is_due(self.seen.get("accounting"), now, max(self.period, ACCOUNTING_PROBE_PERIOD)):
+            probes.append(self._probe_accounting())
+        await asyncio.gather(*probes)
+
+    async def run_forever(self) -> None:
+        """:meth:`refresh` every poll period, the first at once."""
+        while True:
+            try:
+                await self.refresh()
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                self._log.warning("Error while checking health", exc_info=True)
+            await asyncio.sleep(self.period)
+
+    async def _probe_slurm(self) -> None:
+        await self._observe(self._run, [self._scontrol, "ping"], {}, ping_answer)
+
+    async def _probe_accounting(self) -> None:
+        await self._observe(self._run, sacct_command(["1"], self._sacct), {}, command_answer)
+
+    async def _probe_proxy(self) -> None:
+        # Until the gateway's API listens (setup still running), the proxy cannot route
+        # to it: the proxy stays "not checked yet", not failing.
+        if not self._serving:
+            self._serving, _ = await http_answers(self.gateway_url, PROBE_TIMEOUT)
+            if not self._serving:
+                return
+        self.note("proxy", *await http_answers(self.proxy_url, PROBE_TIMEOUT))
+
+    async def _probe_database(self) -> None:
+        if self._db_probe is None or self._db_probe.done():
+            loop = asyncio.get_running_loop()
+            self._db_probe = loop.run_in_executor(None, database_answers, self._engine)
+        try:
+            ok, message = await asyncio.wait_for(asyncio.shield(self._db_probe), PROBE_TIMEOUT)
+        except TimeoutError:
+            ok, message = False, f"the database did not answer within {PROBE_TIMEOUT:g} s"
+        self.note("database", ok, message)
+
+    async def report(self) -> dict:
+        """The body of ``/api/health``; only the database is asked now."""
+        await self._probe_database()
+        now = time.monotonic()
+        pending = min(self._pending.values(), default=None)
+        checks = {
+            "slurm": slurm_check(self.seen.get("slurm"), pending, now, self.period),
+            "accounting": accounting_check(self.seen.get("accounting"), now),
+            "database": probed_check("database", self.seen.get("database")),
+            "proxy": probed_check("proxy", self.seen.get("proxy")),
+        }
+        return health_body(checks)
+
+
+def database_answers(engine: sa.engine.Engine) -> tuple[bool, str]:
+    """``SELECT 1`` on the gateway's database (blocking: run it in a thread)."""
+    try:
+        with engine.connect() as connection:
+            connection.execute(sa.text("SELECT 1"))
+    except Exception as exc:
+        return False, f"the database does not answer: {str(exc).splitlines()[0][:300]}"
+    return True, f"{engine.url.get_backend_name()} answers"
+
+
+async def http_answers(url: str, timeout: float) -> tuple[bool, str]:
+    """Whether ``url`` answers 200 (the gateway's ``/api/version`` through the proxy: the
+    proxy runs and routes to the gateway). TLS is not verified: nothing secret is sent,
+    and the proxy's certificate names the public host, not the loopback address."""
+    context = ssl.create_default_context()
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_NONE
+    try:
+        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=timeout)) as s:
+            async with s.get(url, ssl=context, allow_redirects=False) as response:
+                status = response.status
+    except (TimeoutError, aiohttp.ClientError, OSError) as exc:
+        return False, f"the proxy does not answer at {url}: {exc!r}"[:500]
+    if status != 200:
+        return False, f"the proxy answers {url} with HTTP {status} (not routing to the gateway?)"
+    return True, f"the proxy answers at {url}"
