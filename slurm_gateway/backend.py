@@ -38,6 +38,7 @@ from .lifecycle import (
     start_failure,
     with_last_log_line,
 )
+from .metrics_service import MetricsService
 from .ownership import JobOwners, OrphanSweep, Owner
 from .rendering import template_environment
 from .settings import SlurmBackendSettings
@@ -59,7 +60,7 @@ RECONCILE_AT_START_TIMEOUT = 30.0
 PUBLIC_ERRORS = (SlurmError, UserError, ValueError)
 
 
-class SlurmBackend(ClusterAdmission, StockOverrides, SlurmBackendSettings):
+class SlurmBackend(ClusterAdmission, StockOverrides, MetricsService, SlurmBackendSettings):
     """Run each Dask cluster as SLURM jobs (one scheduler job, one job per worker)
     submitted as the cluster's user through ``sudo``."""
 
@@ -85,6 +86,7 @@ class SlurmBackend(ClusterAdmission, StockOverrides, SlurmBackendSettings):
         self.start_policy = self.make_start_policy()
         self.admissions = Admissions(self.max_concurrent_starts_per_user)
         self._make_job_parts()
+        await self.start_metrics()
         self._track_active_clusters()
         self.task_pool.spawn(self._every(self.slurm_poll_period, self._poll_slurm, "polling SLURM"))
         self.task_pool.spawn(
@@ -256,6 +258,7 @@ class SlurmBackend(ClusterAdmission, StockOverrides, SlurmBackendSettings):
             [job_id] = await self._submit(cluster, script)
         except Exception as exc:
             failure = start_failure(cluster.name, exc, PUBLIC_ERRORS)
+            self.count_start_failure(exc, PUBLIC_ERRORS)
             self.db.update_cluster(cluster, state={**state, "failure": failure})
             raise
         self._track(job_id, cluster)
@@ -301,6 +304,7 @@ class SlurmBackend(ClusterAdmission, StockOverrides, SlurmBackendSettings):
             await self.tracker.poll()
         facts = ClusterFacts.of(cluster, self.worker_start_failure_limit)
         job = self.tracker.get(job_id) or JobInfo(job_id, state=UNKNOWN)
+        self.count_failure(facts, job)
         return cluster_failure(facts, job, self.start_policy)
 
     def _recorded_failure(self, cluster_name: str) -> str | None:

@@ -120,13 +120,14 @@ def create_workers(data: DataManager, cluster: Cluster, count: int) -> list[Work
 
 class StockOverrides:
     """The backend's overrides of ``DBBackendBase`` internals (see the module docstring).
-    The backend provides ``allowed_worker_count``, ``job_info``, ``start_policy`` and
-    ``record_worker_failure``."""
+    The backend provides ``allowed_worker_count``, ``job_info``, ``start_policy``,
+    ``record_worker_failure`` and ``metrics``."""
 
     async def on_cluster_heartbeat(self, cluster_name: str, msg: dict) -> None:
         # The heartbeat carries the number of workers the scheduler wants (scale, adapt).
         # Only an int reaches the stock code: the user's own scheduler sends the message.
         cluster = self.db.get_cluster(cluster_name)
+        started = cluster is not None and not cluster.scheduler_address
         if cluster is not None:
             requested = msg.get("count")
             count = self.allowed_worker_count(cluster, requested)
@@ -143,6 +144,8 @@ class StockOverrides:
                 )
             msg = {**msg, "count": count}
         await super().on_cluster_heartbeat(cluster_name, msg)
+        if started and cluster.scheduler_address:  # its first heartbeat: the cluster started
+            self.metrics.cluster_started(cluster.start_time)
 
     async def _check_cluster_scale(self, cluster: Cluster) -> None:
         if cluster.worker_start_failure_count >= self.worker_start_failure_limit:
