@@ -65,7 +65,11 @@ def test_prometheus_shows_started_failed_refused_and_slurm_latencies(
         prometheus.targets()
     )
 
-    doomed = as_user("alice", "report(name=running_cluster(0))", via=gw)["name"]
+    doomed = as_user(
+        "alice",
+        "report(name=Gateway().new_cluster(shutdown_on_close=False, worker_memory=1).name)",
+        via=gw,
+    )["name"]
     scaled = as_user(
         "alice",
         """
