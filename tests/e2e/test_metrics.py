@@ -29,6 +29,8 @@ def metered_gateway(make_gateway):
         c.SlurmBackend.metrics_per_user = True
         c.SlurmBackend.metrics_token = "{TOKEN}"
         c.SlurmBackend.max_clusters_per_user = 2
+        c.SlurmBackend.cluster_heartbeat_period = 3  # the gateway hears of workers sooner
+        c.SlurmBackend.cluster_heartbeat_timeout = 60
         """
     )
 
@@ -74,19 +76,20 @@ def test_prometheus_shows_started_failed_refused_and_slurm_latencies(
         "alice",
         """
         gateway = Gateway()
-        cluster = gateway.new_cluster(worker_memory=1)
+        cluster = gateway.new_cluster(worker_memory=1, shutdown_on_close=False)
         cluster.scale(2)
-        client = cluster.get_client()
-        client.wait_for_workers(2, timeout=120)
-        refused = error_of(gateway.new_cluster)  # her third: the limit is 2
-        time.sleep(4)  # a few scrapes see both workers running
-        client.close()
-        cluster.shutdown()
-        report(refused=refused)
+        cluster.get_client().wait_for_workers(2, timeout=120)
+        report(name=cluster.name, refused=error_of(gateway.new_cluster))  # the limit is 2
         """,
         via=gw,
     )
     assert "limit per user is 2" in (scaled["refused"] or ""), scaled
+    # The gateway hears of running workers at the scheduler's next heartbeat.
+    running = 'slurm_gateway_workers{state="running"}'
+    assert wait_until(lambda: prometheus.value(running) == 2, 30), prometheus.query(
+        "slurm_gateway_workers"
+    )
+    as_user("alice", f"Gateway().connect({scaled['name']!r}).shutdown(); report()", via=gw)
 
     [scheduler] = jobs_of(doomed, "scheduler")
     assert run(["scancel", scheduler]).returncode == 0
