@@ -116,8 +116,10 @@ class MetricsService(LoggingConfigurable):
 
     metrics_token = Unicode(
         "",
-        help="""If set, /metrics answers only requests with ``Authorization: Bearer
-        <token>`` (Prometheus: ``authorization: {credentials_file: ...}``). Required with
+        help="""A bearer token /metrics requires ("" for none).
+
+        If set, /metrics answers only requests with ``Authorization: Bearer <token>``
+        (Prometheus: ``authorization: {credentials_file: ...}``). Required with
         ``metrics_per_user``: any local account can connect to a loopback address.""",
         config=True,
     )
