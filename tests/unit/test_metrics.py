@@ -2,6 +2,7 @@
 gauges computed at scrape time, and the /metrics endpoint with its token."""
 
 import asyncio
+import urllib.request
 from dataclasses import replace
 from types import SimpleNamespace
 
@@ -28,6 +29,7 @@ from slurm_gateway.metrics_service import (
     is_loopback,
     metrics_app,
     metrics_config_problem,
+    serve,
 )
 from slurm_gateway.slurm import TERMINAL_STATES, JobInfo
 from slurm_gateway.tracker import JobTracker
@@ -346,3 +348,18 @@ def test_the_endpoint_serves_the_exposition_to_the_token_only():
     assert status == 200
     assert 'slurm_gateway_cluster_failures_total{reason="cancelled"} 1.0' in text
     assert "# TYPE slurm_gateway_slurm_command_duration_seconds histogram" in text
+
+
+def test_the_metrics_are_served_on_their_own_address():
+    metrics = GatewayMetrics(process_metrics=False)
+
+    async def scrape() -> str:
+        runner = await serve(metrics_app(metrics, ""), "127.0.0.1:0")
+        try:
+            port = runner.addresses[0][1]
+            url = f"http://127.0.0.1:{port}/metrics"
+            return await asyncio.to_thread(lambda: urllib.request.urlopen(url).read().decode())
+        finally:
+            await runner.cleanup()
+
+    assert "slurm_gateway_clusters_started_total 0.0" in asyncio.run(scrape())
