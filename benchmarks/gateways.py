@@ -36,6 +36,7 @@ def ours_config(name: str, workdir: Path, held: bool) -> str:
         c.SlurmGateway.allow_simple_authenticator = True  # as the stock one: same client
         c.SlurmBackend.state_directory = "{workdir / "state"}"
         c.SlurmBackend.listen_host = "127.0.0.1"
+        c.SlurmBackend.metrics_address = "127.0.0.1:{port + 2}"
         c.SlurmBackend.stop_clusters_on_shutdown = True  # the benchmark leaves nothing
         # The same commands, through wrappers that count calls (scenario 5).
         c.SlurmBackend.squeue = "{workdir / "bin" / "squeue"}"

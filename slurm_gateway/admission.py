@@ -117,7 +117,7 @@ class Admissions:
 class ClusterAdmission:
     """The backend's ``start_cluster`` and ``process_cluster_options``: a new cluster is
     created only once everything above holds. The backend provides ``user_policy``,
-    ``limits``, ``admissions`` and ``as_user``."""
+    ``limits``, ``admissions``, ``as_user`` and ``metrics``."""
 
     async def process_cluster_options(self, user: User, request: dict) -> tuple[dict, Any]:
         """Check the resulting config whatever options the admin defined (see
@@ -151,6 +151,7 @@ class ClusterAdmission:
                 self.limits, active + self.admissions.reserved(username), config.to_dict()
             )
         except ValueError as exc:
+            self.metrics.refused_by(getattr(exc, "limit", "other"))
             raise PublicException(str(exc)) from None
         # Reserved with no await since the limits were checked: no other request between.
         with self.admissions.reservation(username, config.to_dict()):
@@ -158,6 +159,7 @@ class ClusterAdmission:
                 with self.admissions.checking(username):
                     await self._check_as_user(username, config)
             except TooManyChecks as exc:
+                self.metrics.refused_by("max_concurrent_starts_per_user")
                 raise web.HTTPTooManyRequests(reason=str(exc)) from None
             cluster = self.db.create_cluster(username, options, config.to_dict())
         self.log.info("Created cluster %s for user %s", cluster.name, username)

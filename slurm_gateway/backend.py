@@ -5,8 +5,9 @@ as one job array), submitted as the cluster's user through the command runner. W
 decided lives elsewhere: options (``user_options``), limits (``admission``), job scripts
 (``jobspec``, ``rendering``), submitting and ending jobs (``jobs``), SLURM's view of them
 (``tracker``), ownership and orphans (``ownership``), timeouts and failure messages
-(``lifecycle``), the user's files (``as_user``), HTTP (``api``) and the overrides of
-dask-gateway-server internals (``dgs_compat``).
+(``lifecycle``), the user's files (``as_user``), HTTP (``api``), health, metrics
+(``metrics_service``), the admin socket (``admin``) and the overrides of dask-gateway-server
+internals (``dgs_compat``).
 """
 
 from __future__ import annotations
@@ -33,13 +34,8 @@ from .health import HealthMonitor
 from .identity import user_problem
 from .jobs import JobControl, SlurmError
 from .jobspec import JobScripts, user_log_directory
-from .lifecycle import (
-    ClusterFacts,
-    cluster_failure,
-    is_alive,
-    start_failure,
-    with_last_log_line,
-)
+from .lifecycle import ClusterFacts, cluster_failure, is_alive, start_failure, with_last_log_line
+from .metrics_service import MetricsService
 from .ownership import JobOwners, OrphanSweep, Owner
 from .rendering import template_environment
 from .settings import SlurmBackendSettings
@@ -61,7 +57,9 @@ RECONCILE_AT_START_TIMEOUT = 30.0
 PUBLIC_ERRORS = (SlurmError, UserError, ValueError)
 
 
-class SlurmBackend(AdminChannel, ClusterAdmission, StockOverrides, SlurmBackendSettings):
+class SlurmBackend(
+    AdminChannel, ClusterAdmission, StockOverrides, MetricsService, SlurmBackendSettings
+):
     """Run each Dask cluster as SLURM jobs (one scheduler job, one job per worker)
     submitted as the cluster's user through ``sudo``."""
 
@@ -90,6 +88,7 @@ class SlurmBackend(AdminChannel, ClusterAdmission, StockOverrides, SlurmBackendS
         self.health = HealthMonitor.of(self)
         self._make_job_parts()
         self.task_pool.spawn(self.health.run_forever())
+        await self.start_metrics()
         self._track_active_clusters()
         self.task_pool.spawn(self._every(self.slurm_poll_period, self._poll_slurm, "polling SLURM"))
         self.task_pool.spawn(
@@ -260,6 +259,7 @@ class SlurmBackend(AdminChannel, ClusterAdmission, StockOverrides, SlurmBackendS
             [job_id] = await self._submit(cluster, script)
         except Exception as exc:
             failure = start_failure(cluster.name, exc, PUBLIC_ERRORS)
+            self.count_start_failure(exc, PUBLIC_ERRORS)
             self.db.update_cluster(cluster, state={**state, "failure": failure})
             raise
         self._track(job_id, cluster)
@@ -305,6 +305,7 @@ class SlurmBackend(AdminChannel, ClusterAdmission, StockOverrides, SlurmBackendS
             await self.tracker.poll()
         facts = ClusterFacts.of(cluster, self.worker_start_failure_limit)
         job = self.tracker.get(job_id) or JobInfo(job_id, state=UNKNOWN)
+        self.count_failure(facts, job)
         return cluster_failure(facts, job, self.start_policy)
 
     def _recorded_failure(self, cluster_name: str) -> str | None:

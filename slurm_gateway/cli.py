@@ -27,6 +27,7 @@ from traitlets.config import Config
 from . import __version__
 from .backend import SlurmBackend
 from .cluster_config import SlurmClusterConfig
+from .metrics_service import MetricsService
 from .munge_auth import MungeAuthenticator, normalize_origin
 from .settings import SlurmBackendSettings
 from .ssh_transport import SSHSudoRunner
@@ -295,10 +296,10 @@ class SlurmGateway(DaskGateway):
         ]
 
     def _classes_with_config_traits(self, classes=None):
-        # SlurmBackendSettings only declares SlurmBackend's options (settings.py): without
-        # it, the generated config documents them in full as c.SlurmBackend.<name>.
+        # SlurmBackendSettings and MetricsService only declare SlurmBackend's options: without
+        # them, the generated config documents them in full as c.SlurmBackend.<name>.
         for cls in super()._classes_with_config_traits(classes):
-            if cls is not SlurmBackendSettings:
+            if cls not in (SlurmBackendSettings, MetricsService):
                 yield cls
 
     def initialize(self, argv: list[str] | None = None) -> None:

@@ -225,8 +225,8 @@ def create_workers(data: DataManager, cluster: Cluster, count: int) -> list[Work
 
 class StockOverrides:
     """The backend's overrides of ``DBBackendBase`` internals (see the module docstring).
-    The backend provides ``allowed_worker_count``, ``job_info``, ``start_policy`` and
-    ``record_worker_failure``."""
+    The backend provides ``allowed_worker_count``, ``job_info``, ``start_policy``,
+    ``record_worker_failure`` and ``metrics``."""
 
     async def setup(self, app) -> None:
         await super().setup(app)
@@ -246,6 +246,7 @@ class StockOverrides:
         # The heartbeat carries the number of workers the scheduler wants (scale, adapt).
         # Only an int reaches the stock code: the user's own scheduler sends the message.
         cluster = self.db.get_cluster(cluster_name)
+        started = cluster is not None and not cluster.scheduler_address
         if cluster is not None:
             requested = msg.get("count")
             count = self.allowed_worker_count(cluster, requested)
@@ -262,6 +263,8 @@ class StockOverrides:
                 )
             msg = {**msg, "count": count}
         await super().on_cluster_heartbeat(cluster_name, msg)
+        if started and cluster.scheduler_address:  # its first heartbeat: the cluster started
+            self.metrics.cluster_started(cluster.start_time)
 
     async def _check_cluster_scale(self, cluster: Cluster) -> None:
         if cluster.worker_start_failure_count >= self.worker_start_failure_limit:

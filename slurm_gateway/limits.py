@@ -8,6 +8,14 @@ from dataclasses import dataclass, replace
 from dask_gateway_server.utils import format_bytes
 
 
+class LimitExceeded(ValueError):
+    """A per-user limit refuses a new cluster; ``limit`` is the setting's name."""
+
+    def __init__(self, limit: str, message: str):
+        super().__init__(message)
+        self.limit = limit
+
+
 @dataclass(frozen=True)
 class UserLimits:
     """0 means no limit."""
@@ -31,13 +39,14 @@ def admit(
     ``(config, worker count)`` pairs.
 
     Returns the most workers the new cluster may have within the limits (None: no limit),
-    or raises ``ValueError`` naming the limit that refuses it.
+    or raises :class:`LimitExceeded` (a ``ValueError``) naming the limit that refuses it.
     """
     active = list(active)
     if limits.max_clusters and len(active) >= limits.max_clusters:
-        raise ValueError(
+        raise LimitExceeded(
+            "max_clusters_per_user",
             f"you already have {len(active)} active cluster(s), the limit per user is "
-            f"{limits.max_clusters}; shut one down (gateway.list_clusters() lists them)"
+            f"{limits.max_clusters}; shut one down (gateway.list_clusters() lists them)",
         )
     used_cores = sum(_usage(config, count)[0] for config, count in active)
     used_memory = sum(_usage(config, count)[1] for config, count in active)
@@ -46,19 +55,21 @@ def admit(
     if limits.max_cores:
         left = limits.max_cores - used_cores - cores
         if left < 0:
-            raise ValueError(
+            raise LimitExceeded(
+                "max_cores_per_user",
                 f"your clusters use {used_cores:g} cores; a new scheduler needs {cores:g} more "
                 f"and the limit per user is {limits.max_cores:g} cores; scale down or shut down "
-                f"a cluster"
+                f"a cluster",
             )
         most = int(left // new_config["worker_cores"])
     if limits.max_memory:
         left = limits.max_memory - used_memory - memory
         if left < 0:
-            raise ValueError(
+            raise LimitExceeded(
+                "max_memory_per_user",
                 f"your clusters use {format_bytes(used_memory)}; a new scheduler needs "
                 f"{format_bytes(memory)} more and the limit per user is "
-                f"{format_bytes(limits.max_memory)}; scale down or shut down a cluster"
+                f"{format_bytes(limits.max_memory)}; scale down or shut down a cluster",
             )
         by_memory = int(left // new_config["worker_memory"])
         most = by_memory if most is None else min(most, by_memory)

@@ -56,6 +56,8 @@ class JobTracker:
         self.slurm_available = True
         #: False while the last ``sacct`` failed (slurmdbd unreachable).
         self.accounting_available = True
+        #: Called with a job's JobInfo when a poll first sees it RUNNING (the metrics).
+        self.on_running: Callable[[JobInfo], None] | None = None
 
     def track(self, job_id: str) -> None:
         self._jobs.setdefault(job_id, JobInfo(job_id))
@@ -106,6 +108,8 @@ class JobTracker:
                 info = self._jobs[job_id].merged(seen)
                 if info.state == RUNNING and info.running_since is None:
                     info = replace(info, running_since=time.time())
+                    if self.on_running is not None:
+                        self.on_running(info)
                 self._jobs[job_id] = info
             # COMPLETING jobs are ending: sacct already knows how (e.g. CANCELLED by uid).
             if seen is None or seen.is_terminal or seen.state == COMPLETING:

@@ -16,7 +16,9 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
+import time
 import weakref
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from traitlets import Float, Integer, List, Unicode
@@ -90,6 +92,9 @@ class CommandRunner(LoggingConfigurable):
         config=True,
     )
 
+    #: Called with (argv, result, seconds) after each command (the gateway's metrics).
+    on_command: Callable[[list[str], CommandResult, float], None] | None = None
+
     def __init__(self, **kwargs):
         super().__init__(**kwargs)
         # One semaphore per event loop: an asyncio.Semaphore belongs to the loop it is used on.
@@ -112,7 +117,11 @@ class CommandRunner(LoggingConfigurable):
         if slots is None:
             slots = self._slots[loop] = asyncio.Semaphore(self.max_concurrent)
         async with slots:
-            return await self.execute(argv, user=user, stdin=stdin)
+            started = time.monotonic()
+            result = await self.execute(argv, user=user, stdin=stdin)
+        if self.on_command is not None:
+            self.on_command(argv, result, time.monotonic() - started)
+        return result
 
     async def execute(
         self, argv: list[str], *, user: str | None, stdin: bytes | None

@@ -159,6 +159,7 @@ class Gateway(GatewayProcess):
         self.database = f"slurm_gateway_test_{port}" if self.db == "postgres" else None
         self.db_url = postgres.fresh_database(self.database) if self.database else None
         self.api = f"127.0.0.1:{port + 1}"
+        self.metrics = f"127.0.0.1:{port + 2}"  # /metrics (its own address)
         self.extra_config = textwrap.dedent(extra_config)
         self.client_config = workdir / "dask"
         # The production layout: the proxy as a service of its own (`slurm-gateway proxy`),
@@ -176,6 +177,7 @@ class Gateway(GatewayProcess):
             c.SlurmBackend.state_directory = "{self.workdir / "state"}"
             c.SlurmBackend.listen_host = "127.0.0.1"
             c.SlurmBackend.slurm_poll_period = 1
+            c.SlurmBackend.metrics_address = "{self.metrics}"
             c.SlurmBackend.cluster_start_timeout = {START_TIMEOUT}
             c.SlurmBackend.allowed_group = "dask-users"
             c.SlurmClusterConfig.scheduler_partition = "schedulers"
