@@ -12,6 +12,7 @@ the middle of one (prometheus_client's own server would read it from another thr
 
 from __future__ import annotations
 
+import asyncio
 import hmac
 import ipaddress
 
@@ -41,6 +42,10 @@ def metrics_config_problem(address: str, per_user: bool, token: str) -> str | No
     return None
 
 
+#: Seconds between attempts to listen on a metrics address someone else holds.
+METRICS_RETRY_PERIOD = 30
+
+
 def is_loopback(address: str) -> bool:
     """Whether ``host:port`` listens on loopback only."""
     host = address.rpartition(":")[0].strip("[]")
@@ -58,7 +63,9 @@ def authorized(header: str | None, token: str) -> bool:
     if not token:
         return True
     scheme, _, given = (header or "").partition(" ")
-    return scheme.lower() == "bearer" and hmac.compare_digest(given.strip(), token)
+    # As bytes: compare_digest refuses str with non-ASCII characters (a header can carry any).
+    given_bytes = given.strip().encode("utf-8", "surrogateescape")
+    return scheme.lower() == "bearer" and hmac.compare_digest(given_bytes, token.encode())
 
 
 def metrics_app(metrics: GatewayMetrics, token: str) -> web.Application:
@@ -151,9 +158,26 @@ class MetricsService(LoggingConfigurable):
                 "Metrics at %s without a token: firewall it to your Prometheus host",
                 self.metrics_address,
             )
-        app = metrics_app(self.metrics, self.metrics_token)
-        self._metrics_server = await serve(app, self.metrics_address)
-        self.log.info("Prometheus metrics at http://%s/metrics", self.metrics_address)
+        self.task_pool.spawn(self._serve_metrics(metrics_app(self.metrics, self.metrics_token)))
+
+    async def _serve_metrics(self, app: web.Application) -> None:
+        """Serve the metrics; while the address is taken, say so and retry. Metrics never
+        keep the gateway from starting: a free port anyone may bind (loopback's are) would
+        otherwise let any local account stop it from coming back."""
+        while True:
+            try:
+                self._metrics_server = await serve(app, self.metrics_address)
+            except OSError as exc:
+                self.log.error(
+                    "No metrics: cannot listen on %s (%s); retrying every %d s",
+                    self.metrics_address,
+                    exc.strerror or exc,
+                    METRICS_RETRY_PERIOD,
+                )
+                await asyncio.sleep(METRICS_RETRY_PERIOD)
+            else:
+                self.log.info("Prometheus metrics at http://%s/metrics", self.metrics_address)
+                return
 
     def _availability(self) -> tuple[bool, bool]:
         return self.tracker.slurm_available, self.tracker.accounting_available

@@ -12,6 +12,10 @@ from dataclasses import dataclass
 
 from .envcheck import PACKAGES, env_problem
 from .rendering import sbatch_directive, shell_quote
+from .user_logs import printable
+
+#: Characters of a check's message printed (messages quote the check job's log).
+MAX_MESSAGE_CHARS = 2000
 
 PASS, FAIL, SKIP = "PASS", "FAIL", "SKIP"
 
@@ -33,7 +37,9 @@ class Outcome:
     message: str
 
     def line(self) -> str:
-        return f"{self.status}  {self.name}: {self.message}"
+        # Messages quote what the test user's job printed (their log): no terminal escapes
+        # reach root's terminal.
+        return f"{self.status}  {self.name}: {printable(self.message, MAX_MESSAGE_CHARS)}"
 
 
 def exit_code(outcomes: list[Outcome]) -> int:

@@ -329,6 +329,8 @@ def test_the_token_is_a_bearer_token():
     assert not authorized(None, "s3cret")
     assert not authorized("Bearer wrong", "s3cret")
     assert not authorized("Basic s3cret", "s3cret")
+    assert not authorized("Bearer s3cr\u00e9t", "s3cret")  # non-ASCII: refused, no error
+    assert not authorized("Bearer \udcff", "s3cret")  # undecodable bytes, as aiohttp passes
 
 
 def test_the_endpoint_serves_the_exposition_to_the_token_only():
@@ -363,3 +365,36 @@ def test_the_metrics_are_served_on_their_own_address():
             await runner.cleanup()
 
     assert "slurm_gateway_clusters_started_total 0.0" in asyncio.run(scrape())
+
+
+def test_a_taken_metrics_port_never_stops_the_gateway_and_is_retried(monkeypatch, caplog):
+    import logging
+    import socket
+
+    from slurm_gateway import metrics_service
+
+    monkeypatch.setattr(metrics_service, "METRICS_RETRY_PERIOD", 0.2)
+    squatter = socket.socket()
+    squatter.bind(("127.0.0.1", 0))
+    squatter.listen()
+    port = squatter.getsockname()[1]
+    service = metrics_service.MetricsService(
+        metrics_address=f"127.0.0.1:{port}", log=logging.getLogger("test-metrics")
+    )
+    app = metrics_app(GatewayMetrics(process_metrics=False), "")
+
+    async def run() -> str:
+        serving = asyncio.ensure_future(service._serve_metrics(app))
+        await asyncio.sleep(0.5)
+        assert not serving.done()  # still trying, the gateway goes on meanwhile
+        squatter.close()
+        await asyncio.wait_for(serving, 5)
+        try:
+            url = f"http://127.0.0.1:{port}/metrics"
+            return await asyncio.to_thread(lambda: urllib.request.urlopen(url).read().decode())
+        finally:
+            await service._metrics_server.cleanup()
+
+    with caplog.at_level("ERROR"):
+        assert "slurm_gateway_clusters_started_total" in asyncio.run(run())
+    assert f"cannot listen on 127.0.0.1:{port}" in caplog.text

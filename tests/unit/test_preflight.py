@@ -196,3 +196,10 @@ def test_exit_code_and_helper_answers():
     assert helper_lines('{"lines": ["a", "b"]}\n') == ["a", "b"]
     assert helper_lines('{"error": "no such file"}') == []
     assert helper_lines("") == []
+
+
+def test_what_the_check_job_printed_reaches_roots_terminal_without_escapes():
+    # The test user writes the check job's log: a message quoting it is shown as text.
+    line = Outcome("check job", FAIL, "job said: \x1b]0;owned\x07\x1b[2J\x9b31m done").line()
+    assert not any(ord(char) < 32 or 0x7F <= ord(char) < 0xA0 for char in line)
+    assert line.startswith("FAIL  check job: job said: ") and line.endswith(" done")
