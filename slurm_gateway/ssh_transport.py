@@ -31,7 +31,7 @@ import weakref
 import asyncssh
 from traitlets import Float, Integer, List, Unicode, default
 
-from .transport import KILL_WAIT, TERM_GRACE, CommandResult, CommandRunner
+from .transport import KILL_WAIT, TERM_GRACE, CommandResult, CommandRunner, stop_reason
 
 #: stderr of a command that could not run because the login node is unreachable over SSH.
 #: Starts with what SLURM's commands print when slurmctld does not answer
@@ -333,12 +333,9 @@ class SSHSudoRunner(CommandRunner):
                 timeout=self.timeout,
                 return_when=asyncio.FIRST_COMPLETED,
             )
-            if capture.truncated:
-                stopped = f"output cut at {self.max_output} bytes"
-            elif not capture.closed.done():
-                stopped = f"timed out after {self.timeout:g} s"
-            else:
-                stopped = ""
+            stopped = stop_reason(
+                capture.truncated, capture.closed.done(), self.max_output, self.timeout
+            )
             if stopped:
                 await self._stop(chan, capture)
         finally:

@@ -55,6 +55,16 @@ class CommandResult:
         return f"{name} exited {self.returncode}: {detail}"
 
 
+def stop_reason(truncated: bool, finished: bool, max_output: int, timeout: float) -> str:
+    """Why a command is being stopped ("" if it is not): its output went past
+    ``max_output``, or it had not finished within ``timeout``. Every transport's rule."""
+    if truncated:
+        return f"output cut at {max_output} bytes"
+    if not finished:
+        return f"timed out after {timeout:g} s"
+    return ""
+
+
 class CommandRunner(LoggingConfigurable):
     """Runs a command, optionally as another user. Subclass to change the transport.
 
@@ -180,12 +190,9 @@ class LocalSudoRunner(CommandRunner):
                 timeout=self.timeout,
                 return_when=asyncio.FIRST_COMPLETED,
             )
-            if capture.truncated:
-                stopped = f"output cut at {self.max_output} bytes"
-            elif not capture.finished.done():
-                stopped = f"timed out after {self.timeout:g} s"
-            else:
-                stopped = ""
+            stopped = stop_reason(
+                capture.truncated, capture.finished.done(), self.max_output, self.timeout
+            )
             if stopped:
                 await self._stop(transport.get_pid(), capture.exited, full_argv[0])
         finally:
