@@ -5,9 +5,8 @@ as one job array), submitted as the cluster's user through the command runner. W
 decided lives elsewhere: options (``user_options``), limits (``admission``), job scripts
 (``jobspec``, ``rendering``), submitting and ending jobs (``jobs``), SLURM's view of them
 (``tracker``), ownership and orphans (``ownership``), timeouts and failure messages
-(``lifecycle``), the user's files (``as_user``), HTTP (``api``), health, metrics
-(``metrics_service``), the admin socket (``admin``) and the overrides of dask-gateway-server
-internals (``dgs_compat``).
+(``lifecycle``), user files (``as_user``), HTTP (``api``), health, metrics (``metrics_service``),
+the admin socket (``admin``), overrides of dask-gateway-server internals (``dgs_compat``).
 """
 
 from __future__ import annotations
