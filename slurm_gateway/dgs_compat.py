@@ -13,10 +13,10 @@ and only here, the backend overrides private methods of ``DBBackendBase`` and wr
 - The stock tables, for PostgreSQL (``db_url = "postgresql+psycopg://..."``): six columns
   have types that work in SQLite only (:data:`POSTGRESQL_TYPES`); they get a PostgreSQL
   variant at import (the stock ``metadata`` is changed in place), which leaves SQLite's
-  schema as it was. After the stock setup, a database other
-  than SQLite gets a bounded connection pool that survives a database restart
-  (:func:`bounded_engine`, in ``setup``: the stock setup passes no pool options, so the
-  ``DataManager``'s engine, its attribute ``db``, is replaced).
+  schema as it was. After the stock setup, the ``DataManager``'s engine (its attribute
+  ``db``) is replaced by :func:`~slurm_gateway.database.state_engine`'s (SQLite's commits
+  without an fsync each, a bounded pool for a database server): the stock setup passes
+  no such options.
 - ``DaskGateway.health``, which the stock ``/api/health`` route calls: it always says
   "pass"; :func:`answer_health_with` makes it the backend's report (``health``).
 
@@ -48,6 +48,7 @@ from dask_gateway_server.utils import Flag, timestamp
 from sqlalchemy.dialects import postgresql
 
 from .admission import is_worker_count
+from .database import engine_summary, state_engine
 from .lifecycle import (
     heartbeat_overdue,
     scheduler_timed_out,
@@ -132,20 +133,6 @@ def _give_postgresql_variants() -> None:
 
 # Before any DataManager creates the tables: once, when the backend imports this module.
 _give_postgresql_variants()
-
-#: The connection pool of a database server (the gateway uses the database from its one
-#: event-loop thread: one connection at a time, a second for the odd overlap).
-POOL = {"pool_size": 2, "max_overflow": 2, "pool_timeout": 30, "pool_pre_ping": True}
-
-
-def bounded_engine(url: str, echo: bool = False) -> sa.Engine | None:
-    """The engine for a database server at ``url``: at most ``pool_size + max_overflow``
-    connections, each checked before use (a database restart costs no failed request);
-    None for SQLite, whose stock engine stays."""
-    if sa.make_url(url).get_backend_name() == "sqlite":
-        return None
-    return sa.create_engine(url, echo=echo, **POOL)
-
 
 #: What the stock ``/api/health`` route does (``routes.health``): ask the gateway object.
 HEALTH_CALL = 'request.app["gateway"].health()'
@@ -232,14 +219,14 @@ class StockOverrides:
         await super().setup(app)
         # Swapped on the event-loop thread, the only one using the database: no connection
         # of the stock engine is in use now.
-        engine = bounded_engine(self.db_url, self.db_debug)
+        engine = state_engine(self.db_url, self.db_debug)
         if engine is not None:
             self.db.db.dispose()
             self.db.db = engine
             self.log.info(
-                "State database %s, at most %d connections",
+                "State database %s (%s)",
                 engine.url.render_as_string(hide_password=True),
-                POOL["pool_size"] + POOL["max_overflow"],
+                engine_summary(engine),
             )
 
     async def on_cluster_heartbeat(self, cluster_name: str, msg: dict) -> None:

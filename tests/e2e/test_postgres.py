@@ -33,7 +33,7 @@ def test_the_gateway_keeps_its_state_in_postgresql(as_user, make_gateway):
     connections = postgres.query(
         f"SELECT count(*) FROM pg_stat_activity WHERE datname = '{gw.database}'"
     )
-    assert 1 <= int(connections[0][0]) <= 4, connections  # dgs_compat.POOL: 2 + 2 overflow
+    assert 1 <= int(connections[0][0]) <= 4, connections  # database.POOL: 2 + 2 overflow
 
     # The database restarts (a site's maintenance): the gateway goes on, alice notices nothing.
     for command in ("down", "up"):

@@ -131,8 +131,10 @@ async def _drive(backend) -> dict[str, float]:
     probe.start()
     await backend.on_cluster_heartbeat(cluster.name, _heartbeat(WORKERS))
     await _until(
-        lambda: len(cluster.workers) == WORKERS
-        and all(w.status == JobStatus.SUBMITTED for w in cluster.workers.values())
+        lambda: (
+            len(cluster.workers) == WORKERS
+            and all(w.status == JobStatus.SUBMITTED for w in cluster.workers.values())
+        )
     )
     steps = {"scale(500)": probe.stop()}
     probe.start()

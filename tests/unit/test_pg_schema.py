@@ -1,5 +1,5 @@
-"""The stock tables on PostgreSQL (dgs_compat.POSTGRESQL_TYPES, bounded_engine): what would
-fail there is given a PostgreSQL type, and SQLite's schema stays what it was."""
+"""The stock tables on PostgreSQL (dgs_compat.POSTGRESQL_TYPES, database.state_engine): what
+would fail there is given a PostgreSQL type, and SQLite's schema stays what it was."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from dask_gateway_server.backends.db_base import clusters, workers
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.schema import CreateTable
 
-from slurm_gateway.dgs_compat import POOL, bounded_engine
+from slurm_gateway.database import POOL, state_engine
 
 PG = postgresql.psycopg.dialect()
 
@@ -45,12 +45,8 @@ def test_close_expected_reaches_postgresql_as_an_integer_not_a_bool():
 
 
 def test_a_database_server_gets_a_bounded_pool_checked_before_use():
-    engine = bounded_engine("postgresql+psycopg://slurmgw@/slurm_gateway?host=/run/x&port=1")
+    engine = state_engine("postgresql+psycopg://slurmgw@/slurm_gateway?host=/run/x&port=1")
     assert engine.pool.size() == POOL["pool_size"] == 2
     assert engine.pool._max_overflow == POOL["max_overflow"]
     assert engine.pool._pre_ping and engine.pool._timeout == 30
     assert "postgresql+psycopg://" in str(engine.url)
-
-
-def test_sqlite_keeps_the_stock_engine():
-    assert bounded_engine("sqlite:////var/lib/slurm-gateway/slurm-gateway.sqlite") is None
