@@ -48,6 +48,7 @@ from .slurm import (
 )
 from .state import ensure_private_directory
 from .tracker import JobTracker
+from .worker_writes import BulkWorkerOverrides
 
 # Seconds the gateway waits at start for SLURM to say which jobs ended while it was down.
 RECONCILE_AT_START_TIMEOUT = 30.0
@@ -57,7 +58,12 @@ PUBLIC_ERRORS = (SlurmError, UserError, ValueError)
 
 
 class SlurmBackend(
-    AdminChannel, ClusterAdmission, StockOverrides, MetricsService, SlurmBackendSettings
+    AdminChannel,
+    ClusterAdmission,
+    StockOverrides,
+    BulkWorkerOverrides,
+    MetricsService,
+    SlurmBackendSettings,
 ):
     """Run each Dask cluster as SLURM jobs (one scheduler job, one job per worker)
     submitted as the cluster's user through ``sudo``."""
@@ -76,6 +82,7 @@ class SlurmBackend(
         answer_health_with(app, self.health.report)
 
     async def do_setup(self) -> None:
+        self.write_workers_behind()  # before any reconciler runs (the first await)
         # The site's cluster settings are checked now, not at the first user's request.
         self.cluster_config_class(parent=self)
         self.runner = self.runner_class(parent=self, log=self.log)

@@ -3,7 +3,8 @@
 ``scale(500)`` makes dask-gateway start 500 workers one by one; each start is added
 to the open batch of its cluster, and a batch is submitted as one job array a few
 milliseconds after it opened (or at once when full). Cancellations of one user are
-gathered the same way into one ``scancel``.
+gathered the same way into one ``scancel``. The callers of a batch are resumed
+:data:`RESUMED_PER_PASS` at a time, so that requests are served in between.
 """
 
 from __future__ import annotations
@@ -11,6 +12,11 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Awaitable, Callable, Hashable
 from typing import Any
+
+#: Callers of one batch resumed in one pass of the event loop: each goes on with its own
+#: work (the stock reconcilers' database writes, logs), all of it before any request is
+#: served again.
+RESUMED_PER_PASS = 50
 
 
 class Coalescer:
@@ -66,7 +72,9 @@ class Coalescer:
                 if not future.done():
                     future.set_exception(exc)
             return
-        for (_, future), result in zip(batch, results, strict=True):
+        for number, ((_, future), result) in enumerate(zip(batch, results, strict=True)):
+            if number and number % RESUMED_PER_PASS == 0:
+                await asyncio.sleep(0)  # the callers resumed so far run in this pass
             if not future.done():
                 future.set_result(result)
             elif future.cancelled() and self._unclaimed is not None:

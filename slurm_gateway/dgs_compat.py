@@ -5,9 +5,6 @@ and only here, the backend overrides private methods of ``DBBackendBase`` and wr
 ``workers`` table directly, each for a reason said where it is done:
 
 - ``on_cluster_heartbeat``: cap the worker count a scheduler asks for to the user's limits.
-- ``_check_cluster_scale``: create a scale-up's worker records 100 per transaction, yielding
-  in between (the stock method commits one by one without yielding: a ``scale(500)`` held
-  every API request for over a second).
 - ``_check_timeouts``: a worker's start timeout counts from when SLURM started its job (the
   stock check counts queue wait, cancelling workers merely waiting in a busy queue).
 - The stock tables, for PostgreSQL (``db_url = "postgresql+psycopg://..."``): six columns
@@ -20,16 +17,17 @@ and only here, the backend overrides private methods of ``DBBackendBase`` and wr
 - ``DaskGateway.health``, which the stock ``/api/health`` route calls: it always says
   "pass"; :func:`answer_health_with` makes it the backend's report (``health``).
 
-:func:`internals_problems` lists what a new dask-gateway-server release changed of what
-this relies on; the unit tests assert it is empty, so such a release fails them loudly.
+The worker records' bulk writes override more, in ``worker_writes`` (its ``OVERRIDDEN`` and
+``REPLACED``). :func:`internals_problems` lists what a new dask-gateway-server release
+changed of what this relies on, the source of every overridden stock method included; the
+unit tests assert it is empty, so such a release fails them loudly.
 """
 
 from __future__ import annotations
 
-import asyncio
+import hashlib
 import inspect
 import time
-import uuid
 from collections.abc import Awaitable, Callable
 
 import sqlalchemy as sa
@@ -44,11 +42,13 @@ from dask_gateway_server.backends.db_base import (
     metadata,
 )
 from dask_gateway_server.backends.db_base import workers as workers_table
-from dask_gateway_server.utils import Flag, timestamp
+from dask_gateway_server.utils import Flag
 from sqlalchemy.dialects import postgresql
 
 from .admission import is_worker_count
 from .database import engine_summary, state_engine
+from .worker_writes import OVERRIDDEN as BULK_OVERRIDDEN
+from .worker_writes import REPLACED
 from .lifecycle import (
     heartbeat_overdue,
     scheduler_timed_out,
@@ -56,16 +56,13 @@ from .lifecycle import (
     worker_start_timed_out,
 )
 
-# Worker records created in one database transaction (then a yield to the event loop).
-WORKERS_PER_TRANSACTION = 100
-
-#: The private methods overridden here, with the parameters they are called with.
+#: The private methods overridden here, with the parameters they are called with and the
+#: SHA-256 (first 16 hex digits) of their stock source, as reviewed.
 OVERRIDDEN = {
-    "on_cluster_heartbeat": ["self", "cluster_name", "msg"],
-    "_check_cluster_scale": ["self", "cluster"],
-    "_check_timeouts": ["self"],
+    "on_cluster_heartbeat": (["self", "cluster_name", "msg"], "a65e514c54edf95f"),
+    "_check_timeouts": (["self"], "92712eb3fa39b945"),
 }
-#: The columns of the ``workers`` table written by :func:`create_workers`.
+#: The columns of the ``workers`` table written by ``worker_writes``.
 WORKER_COLUMNS = {
     "id",
     "cluster_id",
@@ -147,12 +144,19 @@ def answer_health_with(app, report: Callable[[], Awaitable[dict]]) -> None:
 def internals_problems() -> list[str]:
     """What the installed dask-gateway-server lacks of the internals used here."""
     problems = []
-    for name, parameters in OVERRIDDEN.items():
-        method = getattr(DBBackendBase, name, None)
-        if method is None or not inspect.iscoroutinefunction(method):
-            problems.append(f"DBBackendBase.{name} is gone or no longer a coroutine")
-        elif list(inspect.signature(method).parameters) != parameters:
-            problems.append(f"DBBackendBase.{name} now takes {inspect.signature(method)}")
+    for cls, overridden in (
+        (DBBackendBase, OVERRIDDEN),
+        (DBBackendBase, BULK_OVERRIDDEN),
+        (DataManager, REPLACED),
+    ):
+        for name, (parameters, digest) in overridden.items():
+            method = getattr(cls, name, None)
+            if method is None or inspect.iscoroutinefunction(method) != (cls is DBBackendBase):
+                problems.append(f"{cls.__name__}.{name} is gone or no longer what it was")
+            elif list(inspect.signature(method).parameters) != parameters:
+                problems.append(f"{cls.__name__}.{name} now takes {inspect.signature(method)}")
+            elif source_digest(method) != digest:
+                problems.append(f"{cls.__name__}.{name} changed (digest {source_digest(method)})")
     columns = {column.name for column in workers_table.columns}
     if columns != WORKER_COLUMNS:
         problems.append(f"the workers table's columns are now {sorted(columns)}")
@@ -187,27 +191,9 @@ def internals_problems() -> list[str]:
     return problems
 
 
-def create_workers(data: DataManager, cluster: Cluster, count: int) -> list[Worker]:
-    """``count`` new workers of a cluster, as ``DataManager.create_worker`` makes them, in
-    one transaction."""
-    created = []
-    with data.db.begin() as connection:
-        for _ in range(count):
-            fields = {
-                "name": uuid.uuid4().hex,
-                "status": JobStatus.CREATED,
-                "target": JobStatus.RUNNING,
-                "state": {},
-                "start_time": timestamp(),
-                "close_expected": False,
-            }
-            result = connection.execute(
-                workers_table.insert().values(cluster_id=cluster.id, **fields)
-            )
-            created.append(Worker(id=result.inserted_primary_key[0], cluster=cluster, **fields))
-    for worker in created:
-        cluster.workers[worker.name] = worker
-    return created
+def source_digest(function) -> str:
+    """The first 16 hex digits of the SHA-256 of ``function``'s source."""
+    return hashlib.sha256(inspect.getsource(function).encode()).hexdigest()[:16]
 
 
 class StockOverrides:
@@ -252,19 +238,6 @@ class StockOverrides:
         await super().on_cluster_heartbeat(cluster_name, msg)
         if started and cluster.scheduler_address:  # its first heartbeat: the cluster started
             self.metrics.cluster_started(cluster.start_time)
-
-    async def _check_cluster_scale(self, cluster: Cluster) -> None:
-        if cluster.worker_start_failure_count >= self.worker_start_failure_limit:
-            return await super()._check_cluster_scale(cluster)
-        while cluster.target == JobStatus.RUNNING:
-            missing = cluster.count - len(cluster.active_workers())
-            if missing <= 0:
-                return
-            batch = min(missing, WORKERS_PER_TRANSACTION)
-            for worker in create_workers(self.db, cluster, batch):
-                self.log.info("Created worker %s for cluster %s", worker.name, cluster.name)
-                self.queue.put(worker)
-            await asyncio.sleep(0)
 
     async def _check_timeouts(self) -> None:
         # A scheduler's start timeout counts from the cluster's creation (so that users
