@@ -12,6 +12,7 @@ the admin socket (``admin``), overrides of dask-gateway-server internals (``dgs_
 from __future__ import annotations
 
 import asyncio
+import gc
 import os
 import pwd
 import secrets
@@ -48,7 +49,6 @@ from .slurm import (
 )
 from .state import ensure_private_directory
 from .tracker import JobTracker
-from .worker_writes import BulkWorkerOverrides
 
 # Seconds the gateway waits at start for SLURM to say which jobs ended while it was down.
 RECONCILE_AT_START_TIMEOUT = 30.0
@@ -58,12 +58,7 @@ PUBLIC_ERRORS = (SlurmError, UserError, ValueError)
 
 
 class SlurmBackend(
-    AdminChannel,
-    ClusterAdmission,
-    StockOverrides,
-    BulkWorkerOverrides,
-    MetricsService,
-    SlurmBackendSettings,
+    AdminChannel, ClusterAdmission, StockOverrides, MetricsService, SlurmBackendSettings
 ):
     """Run each Dask cluster as SLURM jobs (one scheduler job, one job per worker)
     submitted as the cluster's user through ``sudo``."""
@@ -80,6 +75,7 @@ class SlurmBackend(
         app.middlewares.append(request_body_middleware)
         await super().setup(app)
         answer_health_with(app, self.health.report)
+        gc.freeze()  # the startup heap is never garbage; a full collection of it stalls 40 ms
 
     async def do_setup(self) -> None:
         self.write_workers_behind()  # before any reconciler runs (the first await)
@@ -97,14 +93,11 @@ class SlurmBackend(
         await self.start_metrics()
         self._track_active_clusters()
         self.task_pool.spawn(self._every(self.slurm_poll_period, self._poll_slurm, "polling SLURM"))
-        self.task_pool.spawn(
-            self._every(
-                self.orphan_check_period,
-                self._sweep_orphans,
-                "checking for orphan jobs",
-                first_at_start=True,
-            )
+        period = self.orphan_check_period
+        sweep = self._every(
+            period, self._sweep_orphans, "sweeping orphan jobs", first_at_start=True
         )
+        self.task_pool.spawn(sweep)
         # Everything above is set before the first await: reconcilers may already be running.
         if self.use_job_arrays:
             self._worker_submissions.max_batch = await self._array_limit()

@@ -47,14 +47,14 @@ from sqlalchemy.dialects import postgresql
 
 from .admission import is_worker_count
 from .database import engine_summary, state_engine
-from .worker_writes import OVERRIDDEN as BULK_OVERRIDDEN
-from .worker_writes import REPLACED
 from .lifecycle import (
     heartbeat_overdue,
     scheduler_timed_out,
     worker_start_failure,
     worker_start_timed_out,
 )
+from .worker_writes import OVERRIDDEN as BULK_OVERRIDDEN
+from .worker_writes import REPLACED, BulkWorkerOverrides
 
 #: The private methods overridden here, with the parameters they are called with and the
 #: SHA-256 (first 16 hex digits) of their stock source, as reviewed.
@@ -196,8 +196,9 @@ def source_digest(function) -> str:
     return hashlib.sha256(inspect.getsource(function).encode()).hexdigest()[:16]
 
 
-class StockOverrides:
-    """The backend's overrides of ``DBBackendBase`` internals (see the module docstring).
+class StockOverrides(BulkWorkerOverrides):
+    """The backend's overrides of ``DBBackendBase`` internals (see the module docstring;
+    those of the bulk worker writes are inherited from ``worker_writes``).
     The backend provides ``allowed_worker_count``, ``job_info``, ``start_policy``,
     ``record_worker_failure`` and ``metrics``."""
 

@@ -16,6 +16,7 @@ Statuses: ``pass``; ``warn`` (degraded, still serving: accounting down, not chec
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import ssl
 import time
@@ -285,13 +286,21 @@ def database_answers(engine: sa.engine.Engine) -> tuple[bool, str]:
     return True, f"{engine.url.get_backend_name()} answers"
 
 
+@functools.cache
+def _unverified_tls() -> ssl.SSLContext:
+    """One TLS context for every probe: making one loads the system's CA store, 30-40 ms
+    of the event loop (measured on the dev cluster)."""
+    context = ssl.create_default_context()
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_NONE
+    return context
+
+
 async def http_answers(url: str, timeout: float) -> tuple[bool, str]:
     """Whether ``url`` answers 200 (the gateway's ``/api/version`` through the proxy: the
     proxy runs and routes to the gateway). TLS is not verified: nothing secret is sent,
     and the proxy's certificate names the public host, not the loopback address."""
-    context = ssl.create_default_context()
-    context.check_hostname = False
-    context.verify_mode = ssl.CERT_NONE
+    context = _unverified_tls()
     try:
         async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=timeout)) as s:
             async with s.get(url, ssl=context, allow_redirects=False) as response:

@@ -4,7 +4,7 @@ import asyncio
 
 import pytest
 
-from slurm_gateway.batching import Coalescer
+from slurm_gateway.batching import RESUMED_PER_PASS, Coalescer
 
 
 def test_requests_close_together_make_one_call_per_key():
@@ -74,3 +74,32 @@ def test_result_of_a_caller_that_gave_up_is_handed_back():
 
     assert asyncio.run(main()) == "job-1"
     assert unclaimed == ["job-2"]
+
+
+def test_the_callers_of_a_large_batch_are_resumed_a_few_at_a_time():
+    async def scenario():
+        passes = []
+
+        async def flush(key, items):
+            return items
+
+        coalescer = Coalescer(flush, window=0.001, max_batch=1000)
+
+        async def caller(item):
+            await coalescer.add("k", item)
+            passes.append(pass_number[0])
+
+        pass_number = [0]
+
+        def count_passes():
+            pass_number[0] += 1
+            if len(passes) < 200:
+                asyncio.get_running_loop().call_soon(count_passes)
+
+        asyncio.get_running_loop().call_soon(count_passes)
+        await asyncio.gather(*(caller(i) for i in range(200)))
+        return passes
+
+    passes = asyncio.run(scenario())
+    per_pass = {p: passes.count(p) for p in set(passes)}
+    assert max(per_pass.values()) <= RESUMED_PER_PASS and len(per_pass) >= 4

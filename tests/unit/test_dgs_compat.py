@@ -11,9 +11,10 @@ from cryptography.fernet import Fernet
 from dask_gateway_server.backends.db_base import DataManager, DBBackendBase, JobStatus
 from traitlets import HasTraits
 
-from slurm_gateway import dgs_compat
+from slurm_gateway import dgs_compat, worker_writes
 from slurm_gateway.backend import SlurmBackend
-from slurm_gateway.dgs_compat import StockOverrides, create_workers, internals_problems
+from slurm_gateway.dgs_compat import StockOverrides, internals_problems
+from slurm_gateway.worker_writes import BulkWorkerOverrides, insert_workers
 
 
 def test_the_internals_the_overrides_rely_on_are_unchanged():
@@ -33,7 +34,7 @@ async def _create_and_reload(tmp_path):
     key = Fernet.generate_key()
     data = DataManager(url=url, encrypt_keys=[key])
     cluster = data.create_cluster("alice", {}, {"cluster_max_workers": 10})
-    created = create_workers(data, cluster, 3)
+    created = insert_workers(data, cluster, 3)
     stock = data.create_worker(cluster)
 
     assert len({w.name for w in created}) == 3
@@ -47,6 +48,10 @@ async def _create_and_reload(tmp_path):
         assert (again.status, again.target) == (JobStatus.CREATED, JobStatus.RUNNING)
         assert again.state == {} and again.close_expected == stock.close_expected
         assert again.start_time == worker.start_time
+
+
+#: The classes that may override private methods of the stock backend, each listing them.
+OVERRIDING = (StockOverrides, BulkWorkerOverrides)
 
 
 def test_only_dgs_compat_overrides_private_methods_of_the_stock_backend():
@@ -63,11 +68,22 @@ def test_only_dgs_compat_overrides_private_methods_of_the_stock_backend():
         if name.startswith("_") and not name.startswith("__")
     }
     for cls in SlurmBackend.__mro__:
-        if cls.__module__.startswith("slurm_gateway") and cls is not StockOverrides:
+        if cls.__module__.startswith("slurm_gateway") and cls not in OVERRIDING:
             shadowing = stock_private & set(vars(cls))
             # traitlets' @default methods are named _default_<trait>; they are public API.
             shadowing = {n for n in shadowing - per_class if not n.startswith("_default_")}
             assert not shadowing, f"{cls.__qualname__} overrides stock internals {shadowing}"
-    for name in dgs_compat.OVERRIDDEN:
-        assert getattr(SlurmBackend, name) is getattr(StockOverrides, name), name
-        assert inspect.iscoroutinefunction(getattr(SlurmBackend, name))
+    listed = (dgs_compat.OVERRIDDEN, worker_writes.OVERRIDDEN)
+    for cls, overridden in zip(OVERRIDING, listed, strict=True):
+        for name in overridden:
+            assert getattr(SlurmBackend, name) is getattr(cls, name), name
+            assert inspect.iscoroutinefunction(getattr(SlurmBackend, name))
+
+
+def test_a_changed_stock_method_is_reported(monkeypatch):
+    # What a release that rewrote one of the overridden methods looks like to the guard.
+    monkeypatch.setitem(worker_writes.OVERRIDDEN, "_cluster_to_closing", (["self", "cluster"], "0"))
+    monkeypatch.setitem(worker_writes.REPLACED, "update_workers", (["self", "updates"], "0"))
+    problems = internals_problems()
+    assert any("DBBackendBase._cluster_to_closing changed" in p for p in problems), problems
+    assert any("DataManager.update_workers changed" in p for p in problems), problems
