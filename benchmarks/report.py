@@ -105,6 +105,12 @@ ROWS = [
     Row("6. list_clusters p50, during scale(500) [ms]", {"ours": "s6/ours/during/p50_ms"}),
     Row("6. list_clusters p99, during scale(500) [ms]", {"ours": "s6/ours/during/p99_ms"}),
     Row("6. list_clusters max, during scale(500) [ms]", {"ours": "s6/ours/during/max_ms"}),
+    Row(
+        "6. list_clusters p99, during its shutdown [ms]", {"ours": "s6/ours/during_shutdown/p99_ms"}
+    ),
+    Row(
+        "6. list_clusters max, during its shutdown [ms]", {"ours": "s6/ours/during_shutdown/max_ms"}
+    ),
     # Scenario 7: ours through SSH against ours with local sudo, in the "ours" column.
     Row("7. new_cluster() median, local sudo [s]", {"ours": "s7/sudo/median"}),
     Row("7. new_cluster() median, through SSH [s]", {"ours": "s7/ssh/median"}),
@@ -273,8 +279,8 @@ def _scale_latency(results: dict) -> list[str]:
             f"(until 5 s after all 500 were queued); the slowest started "
             f"{during['slowest_started_at_s']:.2f} s after the call"
         )
-    for phase in ("idle", "during"):
-        x = s6[phase]
+    for phase in ("idle", "during", "during_shutdown"):
+        x = s6.get(phase, {})
         if x.get("requests"):
             lines.append(
                 f"6. list_clusters {phase}: {x['requests']} requests, "

@@ -203,7 +203,8 @@ def gw_scale_latency(
 
     A second Gateway client calls list_clusters back to back from just before scale(n)
     until ``tail`` seconds after all n jobs are in squeue (at most ``max_requests`` calls
-    and 120 s). Then the cluster is shut down (timed too).
+    and 120 s). Then the cluster is shut down (timed too), a third client calling
+    list_clusters the same way until the queue is empty.
     """
     with Clusters(address) as gw:
         cluster = gw.new(options)
@@ -218,7 +219,12 @@ def gw_scale_latency(
         scaled, seen = wait_queued(t0, lambda q: q >= base + n, 120)
         time.sleep(tail)
         during = latency.stop(t0)
+        stopping = ListLatency(address, max_requests)
+        gw.others.append(stopping)
+        t1 = time.perf_counter()
+        stopping.start()
         shutdown = _timed_shutdown(gw, cluster, base)
+        during_shutdown = stopping.stop(t1)
     return {
         "scale_call": call,
         "scale": scaled,
@@ -226,6 +232,7 @@ def gw_scale_latency(
         **shutdown,
         "idle": idle,
         "during": during,
+        "during_shutdown": during_shutdown,
     }
 
 
