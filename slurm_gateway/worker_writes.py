@@ -165,8 +165,16 @@ class BulkWorkerOverrides:
 
     async def cleanup(self) -> None:
         await super().cleanup()
-        if isinstance(self.db, WriteBehindData):
-            self.db.flush()
+        if isinstance(self.db, WriteBehindData) and self.db.unwritten:
+            try:
+                self.db.flush()
+            except Exception as exc:
+                self.log.warning(
+                    "At exit, %d worker record(s) could not be written (SLURM's view is "
+                    "reconciled at the next start): %r",
+                    self.db.unwritten,
+                    exc,
+                )
 
     async def _check_cluster_scale(self, cluster: Cluster) -> None:
         if cluster.worker_start_failure_count >= self.worker_start_failure_limit:

@@ -29,15 +29,23 @@ WORKERS = 500
 MAX_STEP = 0.05
 USER = "alice"
 
+pytestmark = [
+    pytest.mark.filterwarnings("ignore::aiohttp.web.NotAppKeyWarning"),  # the stock "gateway"
+    pytest.mark.skipif(os.getuid() != 0, reason="the users' log directory is owned by alice"),
+]
+
 
 class FakeSlurm(CommandRunner):
     """SLURM and the user helper as a gateway sees them, answering at once."""
 
     job_ids = itertools.count(1000)
+    cancelled: set[str] = set()
 
     async def execute(self, argv, *, user, stdin):
         await asyncio.sleep(0.001)  # a command is a subprocess: it always yields
         name = os.path.basename(argv[0])
+        if name == "scancel":
+            self.cancelled.update(argv[argv.index("--") + 1 :])
         if name == "sbatch":
             return CommandResult(argv, 0, f"{next(self.job_ids)}\n", "")
         if name == "scontrol":
@@ -97,37 +105,66 @@ def _config(tmp_path) -> Config:
     return config
 
 
-@pytest.mark.filterwarnings("ignore::aiohttp.web.NotAppKeyWarning")  # the stock "gateway" key
-@pytest.mark.skipif(os.getuid() != 0, reason="the users' log directory is owned by alice")
-def test_500_workers_are_created_submitted_and_stopped_without_a_long_loop_step(tmp_path):
-    uid = pwd.getpwnam(USER).pw_uid
+def _user_directory(tmp_path):
     user_directory = tmp_path / "logs" / USER
     user_directory.mkdir(parents=True)
-    os.chown(user_directory, uid, -1)
+    os.chown(user_directory, pwd.getpwnam(USER).pw_uid, -1)
     user_directory.chmod(0o700)
+
+
+def test_500_workers_are_created_submitted_and_stopped_without_a_long_loop_step(tmp_path):
+    _user_directory(tmp_path)
     steps = asyncio.run(_scale_and_stop(tmp_path))
     said = ", ".join(f"{phase}: {longest * 1000:.0f} ms" for phase, longest in steps.items())
     print(said)
     assert max(steps.values()) < MAX_STEP, f"the longest loop step, {said}"
 
 
+def test_a_cluster_stopped_while_its_workers_are_submitted_cancels_every_job(tmp_path):
+    _user_directory(tmp_path)
+    asyncio.run(_with_backend(tmp_path, _stop_while_scaling))
+
+
+async def _stop_while_scaling(backend):
+    cluster = await _running_cluster(backend)
+    await backend.on_cluster_heartbeat(cluster.name, _heartbeat(WORKERS))
+    await _until(lambda: len(cluster.workers) >= 200)
+    unsubmitted = [w for w in cluster.workers.values() if w.status == JobStatus.CREATED]
+    await backend.stop_cluster(cluster.name)
+    assert unsubmitted, "every worker was submitted before the cluster was stopped"
+    await _until(lambda: cluster.status == JobStatus.STOPPED)
+    await _until(lambda: not backend.queue._processing)  # submissions still under way
+    submitted = {w.state["job_id"] for w in cluster.workers.values() if w.state.get("job_id")}
+    assert submitted <= backend.runner.cancelled
+    assert all(w.status == JobStatus.STOPPED for w in cluster.workers.values())
+
+
 async def _scale_and_stop(tmp_path) -> dict[str, float]:
+    return await _with_backend(tmp_path, _drive)
+
+
+async def _with_backend(tmp_path, scenario):
     backend = SlurmBackend(config=_config(tmp_path))
     backend.gateway_address = "127.0.0.1:28103"  # the gateway application's, set by it
     app = web.Application()
     app["gateway"] = backend  # the gateway object whose health() the API answers with
     await backend.setup(app)
     try:
-        return await _drive(backend)
+        return await scenario(backend)
     finally:
         await backend.cleanup()
 
 
-async def _drive(backend) -> dict[str, float]:
+async def _running_cluster(backend):
     options, config = await backend.process_cluster_options(_User(), {})
     cluster = backend.db.create_cluster(USER, options, config.to_dict())
     backend.queue.put(cluster)
     await _until(lambda: cluster.status == JobStatus.SUBMITTED)
+    return cluster
+
+
+async def _drive(backend) -> dict[str, float]:
+    cluster = await _running_cluster(backend)
     probe = LoopSteps()
     probe.start()
     await backend.on_cluster_heartbeat(cluster.name, _heartbeat(WORKERS))
