@@ -11,8 +11,9 @@ more in which no request was answered. Here:
   statements of :data:`RECORDS_PER_STATEMENT`. If the database fails, the changes are kept
   and written again :data:`RETRY_DELAY` seconds later (memory is what the gateway serves;
   the database is what a restarted gateway reads back).
-- :func:`insert_workers` creates a scale-up's records with ``INSERT ... RETURNING``,
-  :data:`RECORDS_PER_STATEMENT` at a time, a yield to the loop between.
+- :func:`insert_workers` creates workers' records with ``INSERT ... RETURNING`` (one
+  statement per :data:`RECORDS_PER_STATEMENT`); a scale-up inserts that many at a time,
+  a yield to the loop between.
 - :class:`BulkWorkerOverrides` overrides two private methods of ``DBBackendBase`` (listed
   with their source's digest in :data:`OVERRIDDEN`; ``dgs_compat.internals_problems``
   fails the unit tests when a release changes one): ``_check_cluster_scale`` (creates
