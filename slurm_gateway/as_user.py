@@ -79,8 +79,12 @@ class AsUser:
 
     async def environment_identity(self, username: str, prefix: str) -> object:
         """The identity of the job environment ``prefix`` as the user sees it (the helper's
-        JSON, to be checked by :func:`slurm_gateway.envcache.identity_from_json`)."""
-        return (await self._call(username, ["env-id", prefix])).get("identity")
+        JSON, to be checked by :func:`slurm_gateway.envcache.identity_from_json`), or None
+        if the helper could not tell."""
+        try:
+            return (await self._call(username, ["env-id", prefix])).get("identity")
+        except UserError:
+            return None
 
     async def last_log_line(self, username: str, path: str) -> str:
         """The last non-empty line of a job log (read with a byte limit), or ``""``."""

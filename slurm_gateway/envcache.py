@@ -25,8 +25,6 @@ import os
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Sequence
 
-from .as_user import UserError
-
 #: What an environment is identified by: per path, its stat fields or None if absent.
 Identity = tuple[tuple[int, ...] | None, ...]
 
@@ -135,8 +133,8 @@ async def read_identity(
     prefix: str, as_the_user: Callable[[], Awaitable[object]], timeout: float = IDENTITY_TIMEOUT
 ) -> Identity | None:
     """The identity of ``prefix``: stat by the gateway in a thread, or if it may not look,
-    ``as_the_user()`` (the user helper's ``env-id`` answer); None if neither answers within
-    ``timeout`` seconds (a hung file system), which means a full check."""
+    ``as_the_user()`` (the user helper's ``env-id`` answer, None if it has none); None if
+    neither answers within ``timeout`` seconds (a hung file system): a full check."""
 
     async def read() -> Identity | None:
         try:
@@ -146,5 +144,5 @@ async def read_identity(
 
     try:
         return await asyncio.wait_for(read(), timeout)
-    except (TimeoutError, OSError, UserError):
+    except (TimeoutError, OSError):
         return None

@@ -50,6 +50,7 @@ def _context(tmp_path, environment, conda_env, **job):
         "worker_names": ["w0"],
         "user_log_directory": str(tmp_path / "logs"),
         "log_retention_days": 0,
+        "scheduler_preload": "",
     }
 
 
