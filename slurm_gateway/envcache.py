@@ -21,65 +21,16 @@ loop and within a time limit, and no identity means a full check.
 from __future__ import annotations
 
 import asyncio
-import os
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Sequence
 
-#: What an environment is identified by: per path, its stat fields or None if absent.
-Identity = tuple[tuple[int, ...] | None, ...]
+from .envcheck import Identity, identity_from_json, stat_identity
 
 #: Seconds the gateway waits for an environment's identity before checking it in full.
 IDENTITY_TIMEOUT = 2.0
 
 #: Environments remembered per user (the least recently checked go first).
 MAX_ENTRIES_PER_USER = 16
-
-
-def identity_paths(prefix: str) -> list[str]:
-    """The paths whose stat identifies the environment at ``prefix``. Raises
-    ``PermissionError`` if its ``lib`` may not be listed (not silently left out)."""
-    lib = os.path.join(prefix, "lib")
-    try:
-        names = os.listdir(lib)
-    except (FileNotFoundError, NotADirectoryError):
-        names = []
-    fixed = [os.path.join(prefix, p) for p in ("bin/python", "conda-meta", "pyvenv.cfg")]
-    site = [os.path.join(lib, n, "site-packages") for n in sorted(names) if n.startswith("python")]
-    return [prefix, *fixed, *site]
-
-
-def stat_identity(prefix: str) -> Identity | None:
-    """The identity of the environment at ``prefix`` as seen by the caller, or None if its
-    prefix or python cannot be seen (then only a full check can tell what is wrong).
-    Raises ``PermissionError`` if a path may not be looked at."""
-    identity = []
-    for number, path in enumerate(identity_paths(prefix)):
-        try:
-            st = os.stat(path)
-        except FileNotFoundError:
-            if number < 2:  # the prefix or its python
-                return None
-            identity.append(None)
-            continue
-        identity.append((st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns))
-    return tuple(identity)
-
-
-def identity_from_json(value: object) -> Identity | None:
-    """An identity as printed by the user helper (lists), or None if it is not one."""
-    if not isinstance(value, list):
-        return None
-    identity = []
-    for item in value:
-        if item is None:
-            identity.append(None)
-        elif isinstance(item, list) and all(
-            isinstance(n, int) and not isinstance(n, bool) for n in item
-        ):
-            identity.append(tuple(item))
-        else:
-            return None
-    return tuple(identity)
 
 
 class EnvCache:

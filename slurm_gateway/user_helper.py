@@ -7,7 +7,7 @@ exits 0 when it could report; a usage error exits 2.
 - ``env-check PREFIX [--timeout S]``: the probe of a job environment
   (:func:`slurm_gateway.envcheck.probe`).
 - ``env-id PREFIX``: the environment's identity as the user sees it
-  (:func:`slurm_gateway.envcache.stat_identity`): ``{"identity": [...]}``, null if there is none.
+  (:func:`slurm_gateway.envcheck.stat_identity`): ``{"identity": [...]}``, null if there is none.
 - ``log-dir USER_DIRECTORY SUBDIRECTORY``: create the user's log directory and a
   subdirectory in it (:func:`slurm_gateway.userfs.prepare_log_directory`); the cluster name
   to record in it, if any, is read as one line from standard input, since command lines
@@ -26,8 +26,7 @@ import argparse
 import json
 import sys
 
-from .envcache import stat_identity
-from .envcheck import probe
+from .envcheck import probe, stat_identity
 from .userfs import prepare_log_directory, read_log_tail
 
 # The longest cluster name read from standard input.

@@ -6,12 +6,8 @@ from __future__ import annotations
 import asyncio
 import os
 
-from slurm_gateway.envcache import (
-    EnvCache,
-    identity_from_json,
-    read_identity,
-    stat_identity,
-)
+from slurm_gateway.envcache import EnvCache, read_identity
+from slurm_gateway.envcheck import identity_from_json, stat_identity
 
 ID_A = ((1, 2, 3, 4, 5), None)
 ID_B = ((1, 2, 3, 4, 6), None)
