@@ -189,6 +189,9 @@ class ClusterAdmission:
                 prefix, lambda: self.as_user.environment_identity(username, prefix)
             )
             if cache.is_known_good(username, prefix, identity, time.monotonic()):
+                self.log.info(
+                    "conda_env %s of user %s: unchanged since it passed", prefix, username
+                )
                 return
         try:
             await self.as_user.check_environment(
