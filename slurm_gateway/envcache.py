@@ -15,7 +15,9 @@ checked: a stale entry can at worst let her own cluster start and then fail on t
 (the job script checks ``bin/python`` again and the failure carries the log's last line),
 never let one user reuse another's check. The identity is read by the gateway if it can
 stat the paths, else by the user helper as the user (``env-id``); either way off the event
-loop and within a time limit, and no identity means a full check.
+loop (in a pool of its own) and within a time limit, and no identity means a full check.
+Not seen: packages an environment reaches outside its prefix (a ``.pth`` file naming
+another directory, system site-packages); their changes wait for ``env_check_max_age``.
 """
 
 from __future__ import annotations
@@ -23,11 +25,17 @@ from __future__ import annotations
 import asyncio
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 
 from .envcheck import Identity, identity_from_json, stat_identity
 
 #: Seconds the gateway waits for an environment's identity before checking it in full.
 IDENTITY_TIMEOUT = 2.0
+
+#: Threads that stat environments: a hung file system ties up these, nothing else of the
+#: gateway's (their reads time out and the request is checked in full).
+STAT_THREADS = 4
+_stat_pool = ThreadPoolExecutor(STAT_THREADS, thread_name_prefix="env-identity")
 
 #: Environments remembered per user (the least recently checked go first).
 MAX_ENTRIES_PER_USER = 16
@@ -83,13 +91,15 @@ class EnvCache:
 async def read_identity(
     prefix: str, as_the_user: Callable[[], Awaitable[object]], timeout: float = IDENTITY_TIMEOUT
 ) -> Identity | None:
-    """The identity of ``prefix``: stat by the gateway in a thread, or if it may not look,
-    ``as_the_user()`` (the user helper's ``env-id`` answer, None if it has none); None if
-    neither answers within ``timeout`` seconds (a hung file system): a full check."""
+    """The identity of ``prefix``: stat by the gateway in a thread of its own pool, or if
+    it may not look, ``as_the_user()`` (the user helper's ``env-id`` answer, None if it has
+    none); None if neither answers within ``timeout`` seconds (a hung file system): then
+    the request is checked in full."""
 
     async def read() -> Identity | None:
         try:
-            return await asyncio.to_thread(stat_identity, prefix)
+            loop = asyncio.get_running_loop()
+            return await loop.run_in_executor(_stat_pool, stat_identity, prefix)
         except PermissionError:
             return identity_from_json(await as_the_user())
 
