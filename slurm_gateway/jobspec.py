@@ -32,6 +32,10 @@ WORKER_DEATH_TIMEOUT = 60
 #: Where the scheduler job writes our preload, relative to its private working directory.
 PRELOAD_FILE = "./slurm_gateway_preload.py"
 
+#: How the built-in base template writes it: an admin's base template without this line
+#: gets no ``--preload`` of it (dask would refuse to start without the file).
+PRELOAD_WRITE = '> "$DASK_GATEWAY_CREDENTIALS/slurm_gateway_preload.py"'
+
 #: dask-gateway's scheduler preload, after which ours must run.
 GATEWAY_PRELOAD = "dask_gateway.scheduler_preload"
 
@@ -210,7 +214,10 @@ class JobScripts:
     ) -> str:
         """The scheduler job's script."""
         walltime = cluster.config["walltime"]
-        command = with_first_heartbeat(command)
+        early = with_first_heartbeat(command)
+        script = self._render(cluster, "scheduler", log_directory, early, walltime, environment)
+        if PRELOAD_WRITE in script:
+            return script
         return self._render(cluster, "scheduler", log_directory, command, walltime, environment)
 
     def workers(

@@ -11,6 +11,7 @@ from slurm_gateway.cluster_config import SlurmClusterConfig
 from slurm_gateway.jobspec import (
     GATEWAY_PRELOAD,
     PRELOAD_FILE,
+    PRELOAD_WRITE,
     JobScripts,
     job_directives,
     lifetime_args,
@@ -282,7 +283,16 @@ def test_the_scheduler_script_writes_the_preload_it_loads():
     command = ["python", "-m", "distributed.cli.dask_scheduler", "--preload", GATEWAY_PRELOAD]
     script = SCRIPTS.scheduler(cluster, "/logs/alice/c1", command, GATEWAY_ENV)
     assert f"--preload {PRELOAD_FILE}" in script
-    assert '> "$DASK_GATEWAY_CREDENTIALS/slurm_gateway_preload.py"' in script
+    assert PRELOAD_WRITE in script
     assert "def dask_setup(scheduler)" in script
     assert "slurm_gateway_preload" not in _worker_script(_cluster(), count=1)
     _bash_syntax_ok(script)
+
+
+def test_an_admin_base_template_without_the_preload_gets_no_preload(tmp_path):
+    (tmp_path / "base.sh.j2").write_text("#!/bin/bash\n{% block command %}{% endblock %}\n")
+    scripts = JobScripts(template_environment([str(tmp_path)]), "dg", MARKER, "h", "", 300)
+    command = ["dask-scheduler", "--preload", GATEWAY_PRELOAD]
+    script = scripts.scheduler(_cluster(), "/logs/alice/c1", command, GATEWAY_ENV)
+    assert "dask-scheduler --preload dask_gateway.scheduler_preload" in script
+    assert PRELOAD_FILE not in script
