@@ -37,8 +37,13 @@ ROWS = [
         {
             **_gateways("s1", "median"),
             "jobqueue": "s1/jobqueue/median",
-            "floor": "floor_pair/floor/scheduler_up",
+            "floor": "floor_scheduler/floor/median",
         },
+        jobqueue_comparable=False,
+    ),
+    Row(
+        "1b. new_cluster() again on the same env, median of runs 2.. [s]",
+        {**_gateways("s1", "second_median"), "floor": "floor_scheduler/floor/median"},
         jobqueue_comparable=False,
     ),
     Row(
@@ -223,6 +228,13 @@ def _new_cluster_runs(results: dict) -> list[str]:
         if times:
             runs = ", ".join(f"{t:.2f}" for t in times)
             lines.append(f"1. {system} new_cluster runs [s]: {runs}")
+    floor = _get(results, "floor_scheduler", "floor", "times")
+    if floor:
+        lines.append(f"1. floor bare scheduler runs [s]: {', '.join(f'{t:.2f}' for t in floor)}")
+    second = _get(results, "s1", "ours", "second_median")
+    floor_median = _get(results, "floor_scheduler", "floor", "median")
+    if isinstance(second, float) and isinstance(floor_median, float):
+        lines.append(f"1b. ours again on the same env - floor: {second - floor_median:+.2f} s")
     return lines
 
 

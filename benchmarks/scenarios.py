@@ -121,9 +121,14 @@ class Bench:
 
 
 def floor(bench: Bench) -> None:
-    """Plain sbatch: held arrays, and a bare scheduler + worker pair."""
-    log("floor: sbatch arrays and a bare scheduler + worker pair")
+    """Plain sbatch: held arrays, a bare scheduler (repeated), a bare scheduler + worker pair."""
+    log("floor: sbatch arrays, a bare scheduler, a bare scheduler + worker pair")
     logs = str(bench.clients.job_logs)
+    bare = {"python": str(JOB_PYTHON), "port": FLOOR_PORT, "log_directory": logs}
+    repeats = bench.args.repeats
+    bench.task(
+        "floor_scheduler", "floor", "floor_scheduler", {**bare, "repeats": repeats}, 120 * repeats
+    )
     for key, n in (("floor_array", 100), ("floor_array_500", 500)):
         bench.task(key, "floor", "floor_array", {"n": n, "log_directory": logs}, 300)
     pair = {"python": str(JOB_PYTHON), "port": FLOOR_PORT, "workers": 16, "log_directory": logs}

@@ -4,12 +4,14 @@ and how many of her requests are being checked at once.
 A ``new_cluster`` request is checked as the user (her log directory, her environment's
 python), which takes seconds; meanwhile its cluster counts against her limits, so that
 concurrent requests cannot together exceed them, and only so many of her requests are
-checked at once, so that one user cannot tie up the gateway's processes."""
+checked at once, so that one user cannot tie up the gateway's processes. A passed
+environment check is reused while the environment is unchanged (see envcache.py)."""
 
 from __future__ import annotations
 
 import os
 import pwd
+import time
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from typing import Any
@@ -21,6 +23,7 @@ from dask_gateway_server.backends.db_base import Cluster
 from dask_gateway_server.models import User
 
 from .as_user import UserError, one_line
+from .envcache import EnvCache, read_identity
 from .identity import user_problem
 from .jobspec import user_log_directory
 from .limits import UserLimits, admit, workers_allowed
@@ -69,11 +72,12 @@ def capped_worker_count(
 
 
 class Admissions:
-    """Per user: the configs of clusters being checked (counted against her limits), and
-    how many of her requests are being checked."""
+    """Per user: the configs of clusters being checked (counted against her limits), how
+    many of her requests are being checked, and her environments that passed a check."""
 
-    def __init__(self, max_checking: int):
+    def __init__(self, max_checking: int, env_check_max_age: float = 0):
         self.max_checking = max_checking
+        self.environments = EnvCache(env_check_max_age)
         self._reserved: dict[str, dict[object, Mapping]] = {}
         self._checking: dict[str, int] = {}
 
@@ -174,12 +178,28 @@ class ClusterAdmission:
         if problem:
             raise PublicException(one_line(f"log directory: {problem}"))
         if self.check_environments:
-            try:
-                await self.as_user.check_environment(
-                    username, config.conda_env, dask_gateway_server_version, self.env_check_timeout
+            await self._check_environment(username, config.conda_env)
+
+    async def _check_environment(self, username: str, prefix: str) -> None:
+        """Her job environment, unless it passed a check for her and is unchanged since."""
+        cache = self.admissions.environments
+        identity = None
+        if cache.max_age > 0:
+            identity = await read_identity(
+                prefix, lambda: self.as_user.environment_identity(username, prefix)
+            )
+            if cache.is_known_good(username, prefix, identity, time.monotonic()):
+                self.log.info(
+                    "conda_env %s of user %s: unchanged since it passed", prefix, username
                 )
-            except UserError as exc:
-                raise PublicException(str(exc)) from None
+                return
+        try:
+            await self.as_user.check_environment(
+                username, prefix, dask_gateway_server_version, self.env_check_timeout
+            )
+        except UserError as exc:
+            raise PublicException(str(exc)) from None
+        cache.passed(username, prefix, identity, time.monotonic())
 
     def allowed_worker_count(self, cluster: Cluster, requested: object) -> int:
         """The worker count a cluster's heartbeat may set (see dgs_compat)."""

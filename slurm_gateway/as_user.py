@@ -2,10 +2,11 @@
 
 Everything here runs ``slurm-gateway-user-helper`` (see :mod:`slurm_gateway.user_helper`)
 as the user through the :class:`~slurm_gateway.transport.CommandRunner`: creating the
-user's log directories, checking a job environment, reading the end of a job's log. The
-helper prints one JSON object; this module turns it into a value or a :class:`UserError`
-whose message is meant for the user. Nothing secret goes on a command line (other users
-see command lines in ``ps``): the cluster name travels on standard input.
+user's log directories, checking a job environment (and reading its identity), reading the
+end of a job's log. The helper prints one JSON object; this module turns it into a value
+or a :class:`UserError` whose message is meant for the user. Nothing secret goes on a
+command line (other users see command lines in ``ps``): the cluster name travels on
+standard input.
 """
 
 from __future__ import annotations
@@ -75,6 +76,15 @@ class AsUser:
         problem = env_problem(prefix, report, gateway_version)
         if problem:
             raise UserError(problem)
+
+    async def environment_identity(self, username: str, prefix: str) -> object:
+        """The identity of the job environment ``prefix`` as the user sees it (the helper's
+        JSON, to be checked by :func:`slurm_gateway.envcache.identity_from_json`), or None
+        if the helper could not tell."""
+        try:
+            return (await self._call(username, ["env-id", prefix])).get("identity")
+        except UserError:
+            return None
 
     async def last_log_line(self, username: str, path: str) -> str:
         """The last non-empty line of a job log (read with a byte limit), or ``""``."""

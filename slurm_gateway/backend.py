@@ -86,7 +86,7 @@ class SlurmBackend(
         self.user_policy = self.make_user_policy()
         self.limits = self.make_user_limits()
         self.start_policy = self.make_start_policy()
-        self.admissions = Admissions(self.max_concurrent_starts_per_user)
+        self.admissions = Admissions(self.max_concurrent_starts_per_user, self.env_check_max_age)
         self.health = HealthMonitor.of(self)
         self._make_job_parts()
         self.task_pool.spawn(self.health.run_forever())

@@ -6,6 +6,8 @@ python, dask, distributed and dask-gateway its own python reports. That python i
 user's code: it runs in a session of its own, with a time limit and a cap on what it
 prints, and everything it started is killed afterwards. :func:`env_problem` turns that
 report into the one error a user sees, naming the problem and the fix.
+:func:`stat_identity` is what envcache.py tells an unchanged environment by (the helper's
+``env-id``).
 """
 
 from __future__ import annotations
@@ -18,6 +20,9 @@ import subprocess
 import time
 
 PACKAGES = ("dask", "distributed", "dask-gateway")
+
+#: What an environment is identified by: per path, its stat fields or None if absent.
+Identity = tuple[tuple[int, ...] | None, ...]
 _CHUNK = 65536
 
 # Run by the environment's own python, isolated (-I) from the caller's variables.
@@ -129,6 +134,53 @@ def probe(prefix: str, timeout: float = 30, max_output: int = 65536) -> dict:
     if not isinstance(report, dict):
         return {"error": "python-broken", "detail": f"printed no report: {stdout.strip()[-500:]!r}"}
     return report
+
+
+def identity_paths(prefix: str) -> list[str]:
+    """The paths whose stat identifies the environment at ``prefix``. Raises
+    ``PermissionError`` if its ``lib`` may not be listed (not silently left out)."""
+    lib = os.path.join(prefix, "lib")
+    try:
+        names = os.listdir(lib)
+    except (FileNotFoundError, NotADirectoryError):
+        names = []
+    fixed = [os.path.join(prefix, p) for p in ("bin/python", "conda-meta", "pyvenv.cfg")]
+    site = [os.path.join(lib, n, "site-packages") for n in sorted(names) if n.startswith("python")]
+    return [prefix, *fixed, *site]
+
+
+def stat_identity(prefix: str) -> Identity | None:
+    """The identity of the environment at ``prefix`` as seen by the caller, or None if its
+    prefix or python cannot be seen (then only a full check can tell what is wrong).
+    Raises ``PermissionError`` if a path may not be looked at."""
+    identity = []
+    for number, path in enumerate(identity_paths(prefix)):
+        try:
+            st = os.stat(path)
+        except FileNotFoundError:
+            if number < 2:  # the prefix or its python
+                return None
+            identity.append(None)
+            continue
+        identity.append((st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns))
+    return tuple(identity)
+
+
+def identity_from_json(value: object) -> Identity | None:
+    """An identity as printed by the user helper (lists), or None if it is not one."""
+    if not isinstance(value, list):
+        return None
+    identity = []
+    for item in value:
+        if item is None:
+            identity.append(None)
+        elif isinstance(item, list) and all(
+            isinstance(n, int) and not isinstance(n, bool) for n in item
+        ):
+            identity.append(tuple(item))
+        else:
+            return None
+    return tuple(identity)
 
 
 def _series(version: str) -> str:

@@ -4,7 +4,9 @@ context, as pure functions of the cluster's config and the gateway's settings.
 The template context is the contract with admin templates (see ``templates/base.sh.j2``):
 ``role``, ``cluster_name``, ``job`` (the ``#SBATCH`` values), ``conda_env``,
 ``user_environment``, ``gateway_environment``, ``tls_cert``, ``tls_key``, ``command``,
-``worker_names``, ``user_log_directory`` and ``log_retention_days``.
+``worker_names``, ``user_log_directory``, ``log_retention_days`` and ``scheduler_preload``
+(the source of :mod:`slurm_gateway.scheduler_preload`, which the scheduler template writes
+to :data:`PRELOAD_FILE` in the job's private directory).
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ import math
 import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 from dask_gateway_server.backends.db_base import Cluster, Worker
 from jinja2 import Environment
@@ -25,6 +28,18 @@ MIN_WORKER_SECONDS = 60.0
 
 #: Seconds a worker waits for a scheduler that went away before it exits.
 WORKER_DEATH_TIMEOUT = 60
+
+#: Where the scheduler job writes our preload, relative to its private working directory.
+PRELOAD_FILE = "./slurm_gateway_preload.py"
+
+#: How the built-in base template writes it: an admin's base template without this line
+#: gets no ``--preload`` of it (dask would refuse to start without the file).
+PRELOAD_WRITE = '> "$DASK_GATEWAY_CREDENTIALS/slurm_gateway_preload.py"'
+
+#: dask-gateway's scheduler preload, after which ours must run.
+GATEWAY_PRELOAD = "dask_gateway.scheduler_preload"
+
+SCHEDULER_PRELOAD_SOURCE = (Path(__file__).parent / "scheduler_preload.py").read_text()
 
 
 def user_log_directory(template: str, username: str) -> str:
@@ -87,6 +102,16 @@ def worker_command(
     ]
     if listen_host:
         command += ["--host", listen_host]
+    return command
+
+
+def with_first_heartbeat(command: Sequence[str]) -> list[str]:
+    """The scheduler command with our preload right after dask-gateway's (whose service
+    it needs); unchanged if a site's command has no dask-gateway preload."""
+    command = list(command)
+    for n in range(len(command) - 1):
+        if command[n] == "--preload" and command[n + 1] == GATEWAY_PRELOAD:
+            return [*command[: n + 2], "--preload", PRELOAD_FILE, *command[n + 2 :]]
     return command
 
 
@@ -163,6 +188,7 @@ def template_context(
         "worker_names": list(worker_names),
         "user_log_directory": user_log_directory(config["log_directory"], username),
         "log_retention_days": config["log_retention_days"],
+        "scheduler_preload": SCHEDULER_PRELOAD_SOURCE if role == "scheduler" else "",
     }
 
 
@@ -188,6 +214,10 @@ class JobScripts:
     ) -> str:
         """The scheduler job's script."""
         walltime = cluster.config["walltime"]
+        early = with_first_heartbeat(command)
+        script = self._render(cluster, "scheduler", log_directory, early, walltime, environment)
+        if PRELOAD_WRITE in script:
+            return script
         return self._render(cluster, "scheduler", log_directory, command, walltime, environment)
 
     def workers(

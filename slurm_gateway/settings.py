@@ -129,6 +129,16 @@ class SlurmBackendSettings(DBBackendBase):
         config=True,
     )
 
+    env_check_max_age = Float(
+        900,
+        min=0,
+        help="""Seconds a passed ``conda_env`` check is reused for the same user and
+        environment while the environment is unchanged (same stat identity of its prefix,
+        python, ``conda-meta``/``pyvenv.cfg`` and ``site-packages``; see envcache.py). Any
+        change checks it again; 0 checks every new cluster.""",
+        config=True,
+    )
+
     max_log_bytes = Integer(
         65536,
         min=1024,

@@ -6,6 +6,8 @@ exits 0 when it could report; a usage error exits 2.
 
 - ``env-check PREFIX [--timeout S]``: the probe of a job environment
   (:func:`slurm_gateway.envcheck.probe`).
+- ``env-id PREFIX``: the environment's identity as the user sees it
+  (:func:`slurm_gateway.envcheck.stat_identity`): ``{"identity": [...]}``, null if there is none.
 - ``log-dir USER_DIRECTORY SUBDIRECTORY``: create the user's log directory and a
   subdirectory in it (:func:`slurm_gateway.userfs.prepare_log_directory`); the cluster name
   to record in it, if any, is read as one line from standard input, since command lines
@@ -24,7 +26,7 @@ import argparse
 import json
 import sys
 
-from .envcheck import probe
+from .envcheck import probe, stat_identity
 from .userfs import prepare_log_directory, read_log_tail
 
 # The longest cluster name read from standard input.
@@ -60,6 +62,8 @@ def _parser() -> argparse.ArgumentParser:
     env = commands.add_parser("env-check", help="report the versions in a job environment")
     env.add_argument("prefix", type=_absolute_path)
     env.add_argument("--timeout", type=_positive_number, default=30.0, help="seconds")
+    env_id = commands.add_parser("env-id", help="the stat identity of a job environment")
+    env_id.add_argument("prefix", type=_absolute_path)
     log_dir = commands.add_parser(
         "log-dir", help="create a log directory (cluster name, if any, on standard input)"
     )
@@ -87,6 +91,11 @@ def main(argv: list[str] | None = None) -> None:
     args = _parser().parse_args(argv)
     if args.command == "env-check":
         result = probe(args.prefix, timeout=args.timeout)
+    elif args.command == "env-id":
+        try:
+            result = {"identity": stat_identity(args.prefix)}
+        except OSError as exc:
+            result = {"error": f"cannot stat {args.prefix}: {exc.strerror or exc}"}
     elif args.command == "log-dir":
         line = sys.stdin.readline(MAX_STDIN_LINE) if sys.stdin else ""
         problem = prepare_log_directory(

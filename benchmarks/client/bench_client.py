@@ -14,7 +14,7 @@ import json
 import sys
 import traceback
 
-from floor_tasks import floor_array, floor_pair
+from floor_tasks import floor_array, floor_pair, floor_scheduler
 from gateway_tasks import (
     gw_idle_clusters,
     gw_new_cluster,
@@ -36,6 +36,7 @@ TASKS = {
     "jq_scale_shutdown": jq_scale_shutdown,
     "floor_array": floor_array,
     "floor_pair": floor_pair,
+    "floor_scheduler": floor_scheduler,
 }
 
 

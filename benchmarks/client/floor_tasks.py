@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import socket
+import statistics
 import subprocess
 import time
 
@@ -53,13 +54,8 @@ def _port_open(port: int) -> bool:
         return False
 
 
-def floor_pair(python: str, port: int, workers: int, log_directory: str) -> dict:
-    """A bare scheduler job and a worker job (plain TCP, no gateway): time until the
-    scheduler listens and until the worker is connected; then ``workers`` more worker
-    tasks as one array until all are connected."""
-    from distributed import Client
-
-    scheduler = f"""#!/bin/bash
+def _bare_scheduler(python: str, port: int, log_directory: str) -> str:
+    return f"""#!/bin/bash
 #SBATCH --job-name=bench-floor-scheduler
 #SBATCH --partition=schedulers
 #SBATCH --cpus-per-task=1
@@ -69,6 +65,40 @@ def floor_pair(python: str, port: int, workers: int, log_directory: str) -> dict
 exec {python} -m distributed.cli.dask_scheduler --host 127.0.0.1 --port {port} \\
     --dashboard-address 127.0.0.1:0
 """
+
+
+def _wait_listening(port: int, t0: float, timeout: float) -> float:
+    """Seconds from ``t0`` until something listens on ``port``."""
+    while not _port_open(port):
+        if time.perf_counter() > t0 + timeout:
+            raise RuntimeError(f"the bare scheduler did not listen within {timeout:g} s")
+        time.sleep(0.02)
+    return time.perf_counter() - t0
+
+
+def floor_scheduler(python: str, port: int, repeats: int, log_directory: str) -> dict:
+    """The floor of scenario 1: a bare scheduler job (plain TCP, no gateway) from sbatch
+    until it listens, ``repeats`` times on an empty queue (each cancelled after)."""
+    times = []
+    try:
+        for _ in range(repeats):
+            if not wait_empty():
+                raise RuntimeError("the previous bare scheduler did not leave the queue")
+            t0 = time.perf_counter()
+            sbatch(_bare_scheduler(python, port, log_directory))
+            times.append(_wait_listening(port, t0, 90))
+            scancel_all()
+    finally:
+        leave_queue_empty(60)
+    return {"times": times, "median": statistics.median(times)}
+
+
+def floor_pair(python: str, port: int, workers: int, log_directory: str) -> dict:
+    """A bare scheduler job and a worker job (plain TCP, no gateway): time until the
+    scheduler listens and until the worker is connected; then ``workers`` more worker
+    tasks as one array until all are connected."""
+    from distributed import Client
+
     worker = f"""#!/bin/bash
 #SBATCH --job-name=bench-floor-worker
 #SBATCH --partition=workers
@@ -82,14 +112,9 @@ exec {python} -m distributed.cli.dask_worker tcp://127.0.0.1:{port} --host 127.0
     client = None
     try:
         t0 = time.perf_counter()
-        sbatch(scheduler)
+        sbatch(_bare_scheduler(python, port, log_directory))
         sbatch(worker)
-        deadline = t0 + 90
-        while not _port_open(port):
-            if time.perf_counter() > deadline:
-                raise RuntimeError("the bare scheduler did not listen within 90 s")
-            time.sleep(0.02)
-        scheduler_up = time.perf_counter() - t0
+        scheduler_up = _wait_listening(port, t0, 90)
         client = Client(f"tcp://127.0.0.1:{port}", timeout=30)
         client.wait_for_workers(1, timeout=90)
         pair = time.perf_counter() - t0

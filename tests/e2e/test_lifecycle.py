@@ -8,7 +8,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import RUNUSER, depot, run, user_jobs, wait_until
+from conftest import PREFIX, RUNUSER, depot, run, user_jobs, wait_until
 
 FAKE_DIST = "Metadata-Version: 2.1\nName: {name}\nVersion: {version}\n"
 
@@ -66,6 +66,34 @@ def test_bad_conda_env_fails_in_seconds_naming_the_fix(as_user, bad_envs, case):
     assert result["error"].startswith("ValueError"), result["error"]
     assert message in result["error"] and prefix in result["error"]
     assert result["seconds"] < 5
+    assert user_jobs("alice") == []
+
+
+def test_an_unchanged_env_is_checked_once_and_a_changed_one_again(as_user, gateway):
+    """The env check is reused for the same user and an unchanged env (issue 13), and any
+    change to the env (here its packages go) checks it again."""
+    prefix = depot("alice", "envs") / "cached"
+    _fake_env(prefix, {})
+    default_site = next((PREFIX / "envs" / "default" / "lib").glob("python3*/site-packages"))
+    site = next((prefix / "lib").glob("python3*/site-packages"))
+    link = site / "default-env.pth"
+    link.write_text(f"{default_site}\n")
+    env = repr(str(prefix))
+    hits = f"conda_env {prefix} of user alice: unchanged since it passed"
+    before = gateway.log.read_text().count(hits)
+    started = as_user(
+        "alice",
+        f"""
+        for _ in range(2):
+            Gateway().new_cluster(conda_env={env}).shutdown()
+        report(started=2)
+        """,
+    )
+    assert started == {"started": 2}
+    assert gateway.log.read_text().count(hits) == before + 1  # the second cluster's
+    link.unlink()  # its packages are gone: site-packages changed
+    result = as_user("alice", f"report(error=error_of(Gateway().new_cluster, conda_env={env}))")
+    assert "lacks dask" in result["error"], result
     assert user_jobs("alice") == []
 
 

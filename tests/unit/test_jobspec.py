@@ -9,11 +9,15 @@ import pytest
 from slurm_gateway import jobspec
 from slurm_gateway.cluster_config import SlurmClusterConfig
 from slurm_gateway.jobspec import (
+    GATEWAY_PRELOAD,
+    PRELOAD_FILE,
+    PRELOAD_WRITE,
     JobScripts,
     job_directives,
     lifetime_args,
     split_environment,
     template_context,
+    with_first_heartbeat,
     worker_command,
     worker_seconds,
 )
@@ -181,7 +185,9 @@ def test_template_context_is_the_declared_contract():
         "worker_names",
         "user_log_directory",
         "log_retention_days",
+        "scheduler_preload",
     }
+    assert context["scheduler_preload"] == ""  # a worker's
     assert context["user_log_directory"] == "/logs/alice"
     assert (context["tls_cert"], context["tls_key"]) == ("CERT", "KEY")
     assert context["worker_names"] == ["w1", "w2"]
@@ -256,3 +262,37 @@ def test_scheduler_script():
     assert "python -m distributed.cli.dask_scheduler" in lines
     assert "forged" not in script
     _bash_syntax_ok(script)
+
+
+def test_our_preload_runs_right_after_dask_gateways():
+    base = ["dask-scheduler", "--preload", GATEWAY_PRELOAD, "--dg-api-address", ":0"]
+    assert with_first_heartbeat(base) == [
+        "dask-scheduler",
+        "--preload",
+        GATEWAY_PRELOAD,
+        "--preload",
+        PRELOAD_FILE,
+        "--dg-api-address",
+        ":0",
+    ]
+    assert with_first_heartbeat(["my-scheduler", "--preload"]) == ["my-scheduler", "--preload"]
+
+
+def test_the_scheduler_script_writes_the_preload_it_loads():
+    cluster = _cluster()
+    command = ["python", "-m", "distributed.cli.dask_scheduler", "--preload", GATEWAY_PRELOAD]
+    script = SCRIPTS.scheduler(cluster, "/logs/alice/c1", command, GATEWAY_ENV)
+    assert f"--preload {PRELOAD_FILE}" in script
+    assert PRELOAD_WRITE in script
+    assert "def dask_setup(scheduler)" in script
+    assert "slurm_gateway_preload" not in _worker_script(_cluster(), count=1)
+    _bash_syntax_ok(script)
+
+
+def test_an_admin_base_template_without_the_preload_gets_no_preload(tmp_path):
+    (tmp_path / "base.sh.j2").write_text("#!/bin/bash\n{% block command %}{% endblock %}\n")
+    scripts = JobScripts(template_environment([str(tmp_path)]), "dg", MARKER, "h", "", 300)
+    command = ["dask-scheduler", "--preload", GATEWAY_PRELOAD]
+    script = scripts.scheduler(_cluster(), "/logs/alice/c1", command, GATEWAY_ENV)
+    assert "dask-scheduler --preload dask_gateway.scheduler_preload" in script
+    assert PRELOAD_FILE not in script

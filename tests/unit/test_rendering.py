@@ -4,6 +4,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 
 import pytest
 
@@ -50,6 +51,7 @@ def _context(tmp_path, environment, conda_env, **job):
         "worker_names": ["w0"],
         "user_log_directory": str(tmp_path / "logs"),
         "log_retention_days": 0,
+        "scheduler_preload": "",
     }
 
 
@@ -193,6 +195,10 @@ def test_scheduler_removes_the_users_cluster_logs_past_retention(tmp_path, fake_
     context["log_retention_days"] = 30
     result = _run(render_job_script(template_environment(), "scheduler.sh.j2", context), tmp_path)
     assert result.returncode == 0, result.stderr
+    # The cleanup runs beside the scheduler (in the background): it may end after the script.
+    deadline = time.monotonic() + 10
+    while (logs / "old-cluster").exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
     assert sorted(p.name for p in logs.iterdir()) == ["c0ffee", "recent-cluster"]
 
 
