@@ -18,7 +18,7 @@ from pathlib import Path
 
 import asyncssh
 import pytest
-from conftest import REPO, SSH_DIR, SSH_LOGIN_NODE, run, user_jobs, wait_until
+from conftest import GATEWAY, REPO, SSH_DIR, SSH_LOGIN_NODE, run, user_jobs, wait_until
 
 from slurm_gateway.slurm import slurm_unreachable
 from slurm_gateway.ssh_transport import SSHSudoRunner
@@ -309,3 +309,18 @@ def test_sshd_sh_never_writes_or_reads_through_links_the_service_account_planted
         assert target.read_text() == "root's secret\n"
         info = target.stat()
         assert (info.st_uid, stat.S_IMODE(info.st_mode)) == (0, 0o600)
+
+
+def test_check_reads_the_sudo_rule_of_the_login_node_not_its_own_host(make_gateway):
+    # `slurm-gateway check` where the sudo rule is not (this host's is /dev/null in its mount
+    # namespace): through SSH, the rule it checks is the login node's, which works.
+    gw = ssh_gateway(make_gateway, "")
+    script = 'mount --bind /dev/null /etc/sudoers.d/slurm-gateway && exec "$@"'
+    out = run(
+        ["unshare", "--mount", "--propagation", "private", "--", "/bin/sh", "-c", script, "sh"]
+        + [GATEWAY, "check", "-f", str(gw.config)],
+        timeout=300,
+        cwd="/",
+    )
+    assert "PASS  sudo rule (width)" in out.stdout, out.stdout + out.stderr
+    assert "PASS  squeue" in out.stdout, out.stdout
