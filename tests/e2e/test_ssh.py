@@ -275,6 +275,10 @@ def test_sshd_sh_never_writes_or_reads_through_links_the_service_account_planted
         out = run(["runuser", "-u", "slurmgw", "--", *argv], input=stdin, cwd="/")
         assert out.returncode == 0, out.stderr
 
+    def put_back_public_key() -> None:
+        script = 'rm -f "$1" && cat >"$1"'
+        as_slurmgw("sh", "-c", script, "sh", f"{ssh_dir}/id_ed25519.pub", stdin=public_key)
+
     try:
         for name, target in targets.items():
             as_slurmgw("ln", "-sfn", str(target), str(ssh_dir / name))
@@ -282,27 +286,13 @@ def test_sshd_sh_never_writes_or_reads_through_links_the_service_account_planted
         assert out.returncode != 0 and "id_ed25519.pub" in out.stderr, out.stderr
         assert "secret" not in authorized.read_text()
         # With its public key back, up writes known_hosts anew: it replaces the link.
-        as_slurmgw(
-            "sh",
-            "-c",
-            'rm -f "$1" && cat >"$1"',
-            "sh",
-            f"{ssh_dir}/id_ed25519.pub",
-            stdin=public_key,
-        )
+        put_back_public_key()
         sshd("up")
         assert not (ssh_dir / "known_hosts").is_symlink()
         assert "ssh-ed25519" in (ssh_dir / "known_hosts").read_text()
     finally:
         if (ssh_dir / "id_ed25519.pub").is_symlink():
-            as_slurmgw(
-                "sh",
-                "-c",
-                'rm -f "$1" && cat >"$1"',
-                "sh",
-                f"{ssh_dir}/id_ed25519.pub",
-                stdin=public_key,
-            )
+            put_back_public_key()
         as_slurmgw("rm", "-f", f"{ssh_dir}/known_hosts")
         sshd("up")
     for target in targets.values():
