@@ -28,6 +28,9 @@
 set -euo pipefail
 export PATH="/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin:$PATH"
 
+# shellcheck source=scripts/apt-install.sh
+source "$(dirname "${BASH_SOURCE[0]}")/apt-install.sh"
+
 PG_PORT=18730
 PG_HOME=/var/lib/slurm-gateway-postgres # root's; holds data/ (postgres's, 0700) and the log
 PG_DATA=$PG_HOME/data
@@ -54,19 +57,8 @@ pg_bin() {
 
 install_postgresql() {
     [[ -n $(pg_bin) ]] && return 0
-    log "installing Debian's postgresql"
-    local added_policy=0 rc=0
-    # Keep apt from starting Debian's default cluster: only this instance is ours.
-    if [[ ! -e /usr/sbin/policy-rc.d ]]; then
-        printf '#!/bin/sh\nexit 101\n' >/usr/sbin/policy-rc.d
-        chmod 0755 /usr/sbin/policy-rc.d
-        added_policy=1
-    fi
-    export DEBIAN_FRONTEND=noninteractive
-    apt-get update -qq || rc=$?
-    ((rc == 0)) && { apt-get install -y -qq --no-install-recommends postgresql || rc=$?; }
-    ((added_policy)) && rm -f /usr/sbin/policy-rc.d
-    ((rc == 0)) || die "apt-get failed (rc $rc)"
+    # Without starting Debian's default cluster: only this instance is ours.
+    apt_install postgresql || die "apt-get failed (rc $?)"
     [[ -n $(pg_bin) ]] || die "postgresql installed but no /usr/lib/postgresql/*/bin/pg_ctl"
 }
 

@@ -20,6 +20,9 @@
 set -euo pipefail
 export PATH="/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin:$PATH"
 
+# shellcheck source=scripts/apt-install.sh
+source "$(dirname "${BASH_SOURCE[0]}")/apt-install.sh"
+
 SSHD_PORT=${SSHD_PORT:-18722}
 SSHD_ADDR=127.0.0.1
 SSHD_DIR=/etc/slurm-gateway-dev-sshd
@@ -35,19 +38,8 @@ die() {
 
 install_server() {
     [[ -x /usr/sbin/sshd ]] && return 0
-    log "installing openssh-server"
-    local added_policy=0 rc=0
-    # Keep apt from starting Debian's own sshd on port 22.
-    if [[ ! -e /usr/sbin/policy-rc.d ]]; then
-        printf '#!/bin/sh\nexit 101\n' >/usr/sbin/policy-rc.d
-        chmod 0755 /usr/sbin/policy-rc.d
-        added_policy=1
-    fi
-    export DEBIAN_FRONTEND=noninteractive
-    apt-get update -qq || rc=$?
-    ((rc == 0)) && { apt-get install -y -qq --no-install-recommends openssh-server || rc=$?; }
-    ((added_policy)) && rm -f /usr/sbin/policy-rc.d
-    ((rc == 0)) || die "apt-get failed (rc $rc)"
+    # Without starting Debian's own sshd on port 22.
+    apt_install openssh-server || die "apt-get failed (rc $?)"
 }
 
 # Run a command as the service account, from / (root's working directory may be closed to it).
