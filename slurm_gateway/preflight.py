@@ -87,11 +87,13 @@ async def sudo_width(account: str, backend, runner) -> Outcome:
 
 
 def become(account: str) -> None:
-    """Drop from root to the service account (groups included) for good."""
+    """Drop from root to the service account (groups included) for good, with its home:
+    what reads ``~`` (the SSH transport's keys and known hosts) reads the account's."""
     entry = pwd.getpwnam(account)
     os.initgroups(account, entry.pw_gid)
     os.setgid(entry.pw_gid)
     os.setuid(entry.pw_uid)
+    os.environ.update(HOME=entry.pw_dir, USER=account, LOGNAME=account)
 
 
 def proxy_address(backend) -> tuple[str, int]:
