@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import os
+import pwd
 import re
 import stat
 import subprocess
+import sys
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -233,3 +236,20 @@ def test_the_sudo_rule_checked_is_where_the_runner_runs_commands_as_the_account(
     refused = _LoginNode("", returncode=1)
     outcome = asyncio.run(sudo_width("slurmgw", backend, refused))
     assert outcome.status == FAIL and "sudo -l for slurmgw fails" in outcome.message
+
+
+@pytest.mark.skipif(os.getuid() != 0, reason="dropping to another account needs root")
+def test_root_drops_to_the_account_with_its_home():
+    # What reads ~ after the drop (the SSH transport's default keys) reads the account's.
+    code = "import os; from slurm_gateway.preflight import become; become('nobody'); "
+    code += "print(os.getuid(), os.environ['HOME'], os.environ['USER'])"
+    out = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=REPO,
+        env={**os.environ, "HOME": "/root", "PYTHONPATH": str(REPO)},
+    )
+    nobody = pwd.getpwnam("nobody")
+    assert out.stdout.split() == [str(nobody.pw_uid), nobody.pw_dir, "nobody"], out.stderr
