@@ -12,7 +12,7 @@ from harness.processes import HarnessError, command_as, run
 REPO = Path(__file__).resolve().parents[1]
 SCRIPT = REPO / "scripts" / "postgres.sh"
 SOCKET_DIRECTORY = "/run/slurm-gateway-postgres"
-PORT = 18730
+PORT = 18730  # names the socket (.s.PGSQL.18730): the instance listens on no TCP port
 OWNER = "slurmgw"  # the gateway's service account: its role, by peer authentication
 _NAME = re.compile(r"[a-z_][a-z0-9_]{0,62}")
 _started = False
@@ -33,7 +33,7 @@ def url(database: str) -> str:
     return f"postgresql+psycopg://{OWNER}@/{database}?host={SOCKET_DIRECTORY}&port={PORT}"
 
 
-def _tool(name: str) -> str:
+def tool(name: str) -> str:
     """The newest installed PostgreSQL's ``name`` (psql, pg_dump, pg_restore)."""
     found = sorted(
         Path("/usr/lib/postgresql").glob(f"*/bin/{name}"), key=lambda p: int(p.parts[-3])
@@ -45,7 +45,7 @@ def _tool(name: str) -> str:
 
 def query(sql: str, database: str = "postgres") -> list[list[str]]:
     """Rows of ``sql`` run by the superuser (``postgres``) in ``database``."""
-    argv = [_tool("psql"), "-X", "-q", "-tA", "-F", "\t", "-v", "ON_ERROR_STOP=1"]
+    argv = [tool("psql"), "-X", "-q", "-tA", "-F", "\t", "-v", "ON_ERROR_STOP=1"]
     argv += ["-h", SOCKET_DIRECTORY, "-p", str(PORT), "-d", database, "-c", sql]
     out = run(command_as("postgres", argv), timeout=60, cwd="/")
     if out.returncode != 0:
@@ -73,7 +73,7 @@ def drop_database(name: str) -> None:
 def dump(database: str) -> bytes:
     """``pg_dump -Fc`` of ``database``, made by its owner (the service account), as an
     admin backs it up."""
-    argv = [_tool("pg_dump"), "-Fc", "-h", SOCKET_DIRECTORY, "-p", str(PORT), "-d", database]
+    argv = [tool("pg_dump"), "-Fc", "-h", SOCKET_DIRECTORY, "-p", str(PORT), "-d", database]
     out = subprocess.run(command_as(OWNER, argv), capture_output=True, timeout=120, cwd="/")
     if out.returncode != 0:
         raise HarnessError(f"pg_dump {database}: {out.stderr.decode()[-2000:]}")
@@ -83,7 +83,7 @@ def dump(database: str) -> bytes:
 def restore(database: str, backup: bytes) -> None:
     """``pg_restore`` of a :func:`dump` into ``database`` (made empty first), by its owner."""
     fresh_database(database)
-    argv = [_tool("pg_restore"), "--no-owner", "-h", SOCKET_DIRECTORY, "-p", str(PORT)]
+    argv = [tool("pg_restore"), "--no-owner", "-h", SOCKET_DIRECTORY, "-p", str(PORT)]
     argv += ["-d", database]
     out = subprocess.run(
         command_as(OWNER, argv), input=backup, capture_output=True, timeout=120, cwd="/"

@@ -102,6 +102,8 @@ SLURM_ACCOUNT=dask
 
 # Paths.
 SCRIPT_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+# shellcheck source=scripts/apt-install.sh
+source "$SCRIPT_DIR/apt-install.sh"
 RUN_DIR=/run/slurm-gateway-dev # pid files of the daemons this script started
 LOG_DIR=/var/log/slurm
 SLURM_ETC=/etc/slurm
@@ -254,29 +256,7 @@ require_root() {
 PACKAGES+=(logrotate)
 
 install_packages() {
-    local missing=() p added_policy=0
-    for p in "${PACKAGES[@]}"; do
-        if ! dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed'; then
-            missing+=("$p")
-        fi
-    done
-    ((${#missing[@]} > 0)) || return 0
-    log "installing packages: ${missing[*]}"
-    # Keep apt from starting the distribution's services: this script runs the
-    # daemons itself with its own configuration.
-    if [[ ! -e /usr/sbin/policy-rc.d ]]; then
-        printf '#!/bin/sh\nexit 101\n' >/usr/sbin/policy-rc.d
-        chmod 0755 /usr/sbin/policy-rc.d
-        added_policy=1
-    fi
-    export DEBIAN_FRONTEND=noninteractive
-    local rc=0
-    apt-get update -qq || rc=$?
-    if ((rc == 0)); then
-        apt-get install -y -qq --no-install-recommends "${missing[@]}" || rc=$?
-    fi
-    ((added_policy)) && rm -f /usr/sbin/policy-rc.d
-    ((rc == 0)) || die "apt-get failed (rc $rc)"
+    apt_install "${PACKAGES[@]}" || die "apt-get failed (rc $?)"
 }
 
 # ---------------------------------------------------------------------------

@@ -11,21 +11,25 @@
 #                                (scripts/dev-cluster.sh purge calls this)
 #
 # The instance is not Debian's default cluster (a machine may have one, on 5432): its data
-# and configuration live in $PG_HOME, it runs as the `postgres` account, listens on
-# 127.0.0.1:$PG_PORT and on a Unix socket in $PG_SOCKET_DIR.
+# and configuration live in $PG_HOME, it runs as the `postgres` account and listens on a
+# Unix socket in $PG_SOCKET_DIR only ($PG_PORT names the socket: .s.PGSQL.$PG_PORT). No TCP:
+# any local account may reach a loopback port, take it while the server is down, or hold
+# connections open to exhaust max_connections.
 #
 # Authentication is peer over the Unix socket: the database role is the connecting process's
 # Unix account, which the kernel reports; there is no password to store, leak or rotate.
-# The socket directory is root's (group postgres may write, so the server can create its
-# socket there), so no other account can create or replace the socket a gateway connects to;
-# TCP connections are all rejected (any local user may reach 127.0.0.1:$PG_PORT, and before
-# the server is up could even bind it: a gateway never connects there). Only slurmgw (its
+# Only postgres and slurmgw may even connect: the socket directory is postgres's, group
+# slurmgw, mode 2750 (no other account can create, replace or reach a socket in it; the
+# setgid bit gives the socket the group), and the socket is 0770. Only slurmgw (its
 # databases) and postgres (administration) may log in.
 #
 # The gateway's URL:
 #   postgresql+psycopg://slurmgw@/slurm_gateway?host=/run/slurm-gateway-postgres&port=18730
 set -euo pipefail
 export PATH="/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin:$PATH"
+
+# shellcheck source=scripts/apt-install.sh
+source "$(dirname "${BASH_SOURCE[0]}")/apt-install.sh"
 
 PG_PORT=18730
 PG_HOME=/var/lib/slurm-gateway-postgres # root's; holds data/ (postgres's, 0700) and the log
@@ -35,6 +39,7 @@ PG_SOCKET_DIR=/run/slurm-gateway-postgres
 PG_OS_USER=postgres
 SERVICE_USER=slurmgw
 SERVICE_DB=slurm_gateway
+CONFIG_CHANGED=0 # set by write_config
 
 log() { printf '[postgres] %s\n' "$*" >&2; }
 die() {
@@ -52,19 +57,8 @@ pg_bin() {
 
 install_postgresql() {
     [[ -n $(pg_bin) ]] && return 0
-    log "installing Debian's postgresql"
-    local added_policy=0 rc=0
-    # Keep apt from starting Debian's default cluster: only this instance is ours.
-    if [[ ! -e /usr/sbin/policy-rc.d ]]; then
-        printf '#!/bin/sh\nexit 101\n' >/usr/sbin/policy-rc.d
-        chmod 0755 /usr/sbin/policy-rc.d
-        added_policy=1
-    fi
-    export DEBIAN_FRONTEND=noninteractive
-    apt-get update -qq || rc=$?
-    ((rc == 0)) && { apt-get install -y -qq --no-install-recommends postgresql || rc=$?; }
-    ((added_policy)) && rm -f /usr/sbin/policy-rc.d
-    ((rc == 0)) || die "apt-get failed (rc $rc)"
+    # Without starting Debian's default cluster: only this instance is ours.
+    apt_install postgresql || die "apt-get failed (rc $?)"
     [[ -n $(pg_bin) ]] || die "postgresql installed but no /usr/lib/postgresql/*/bin/pg_ctl"
 }
 
@@ -78,7 +72,9 @@ admin_psql() {
 
 write_config() {
     install -d -o root -g root -m 0755 "$PG_HOME"
-    install -d -o root -g "$PG_OS_USER" -m 0775 "$PG_SOCKET_DIR"
+    getent group "$SERVICE_USER" >/dev/null ||
+        die "no group $SERVICE_USER (the gateway's account): run scripts/dev-cluster.sh up first"
+    install -d -o "$PG_OS_USER" -g "$SERVICE_USER" -m 2750 "$PG_SOCKET_DIR"
     if [[ ! -f $PG_DATA/PG_VERSION ]]; then
         rm -rf "$PG_DATA"
         install -d -o "$PG_OS_USER" -g "$PG_OS_USER" -m 0700 "$PG_DATA"
@@ -91,12 +87,14 @@ write_config() {
     rm -f "$PG_LOG.new"
     grep -qx "include 'slurm-gateway.conf'" "$PG_DATA/postgresql.conf" ||
         echo "include 'slurm-gateway.conf'" >>"$PG_DATA/postgresql.conf"
+    local before
+    before=$(cat "$PG_DATA/slurm-gateway.conf" 2>/dev/null || true)
     cat >"$PG_DATA/slurm-gateway.conf" <<EOF
 # Written by scripts/postgres.sh (slurm-gateway); rewritten by each 'up'.
-listen_addresses = '127.0.0.1'
+listen_addresses = '' # the Unix socket only
 port = $PG_PORT
 unix_socket_directories = '$PG_SOCKET_DIR'
-unix_socket_permissions = 0777 # the directory decides who may create it; pg_hba who logs in
+unix_socket_permissions = 0770 # postgres and group $SERVICE_USER (the directory's, setgid)
 max_connections = 50
 shared_buffers = 32MB
 password_encryption = 'scram-sha-256'
@@ -109,11 +107,11 @@ EOF
 # TYPE  DATABASE  USER              ADDRESS      METHOD
 local   all       $PG_OS_USER                    peer
 local   all       $SERVICE_USER                  peer
-host    all       all               0.0.0.0/0    reject
-host    all       all               ::/0         reject
 EOF
     chown "$PG_OS_USER:$PG_OS_USER" "$PG_DATA/slurm-gateway.conf" "$PG_DATA/pg_hba.conf"
     chmod 0600 "$PG_DATA/slurm-gateway.conf" "$PG_DATA/pg_hba.conf"
+    # Where the server listens is read at its start only: a running one restarts.
+    [[ $before == "$(cat "$PG_DATA/slurm-gateway.conf")" ]] || CONFIG_CHANGED=1
 }
 
 running() { as_postgres "$(pg_bin)/pg_ctl" status -D "$PG_DATA" >/dev/null 2>&1; }
@@ -122,15 +120,16 @@ answering() {
 }
 
 start_server() {
-    if running && answering; then
+    if running && answering && ((!CONFIG_CHANGED)); then
         as_postgres "$(pg_bin)/pg_ctl" reload -D "$PG_DATA" >/dev/null
         return 0
     fi
-    if running; then # its socket is gone (/run emptied, or the directory removed): restart
-        log "running but not answering on $PG_SOCKET_DIR: restarting it"
+    # Its socket is gone (/run emptied, the directory removed), or where it listens changed.
+    if running; then
+        log "restarting it (its configuration changed, or it does not answer on $PG_SOCKET_DIR)"
         as_postgres "$(pg_bin)/pg_ctl" stop -D "$PG_DATA" -m fast -w -t 60 >/dev/null
     fi
-    log "starting PostgreSQL on 127.0.0.1:$PG_PORT and $PG_SOCKET_DIR"
+    log "starting PostgreSQL on $PG_SOCKET_DIR"
     # pg_ctl starts the server in a session of its own: it outlives this script.
     as_postgres "$(pg_bin)/pg_ctl" start -D "$PG_DATA" -l "$PG_LOG" -w -t 60 >/dev/null ||
         die "PostgreSQL did not start; $PG_LOG says: $(tail -n 20 "$PG_LOG")"
@@ -172,7 +171,7 @@ cmd_status() {
     [[ -f $PG_DATA/PG_VERSION ]] || { log "no instance in $PG_DATA"; return 1; }
     running || { log "down ($PG_DATA)"; return 1; }
     answering || { log "not answering on $PG_SOCKET_DIR"; return 1; }
-    log "up: $PG_SOCKET_DIR, 127.0.0.1:$PG_PORT, data $PG_DATA"
+    log "up: $PG_SOCKET_DIR/.s.PGSQL.$PG_PORT, data $PG_DATA"
 }
 
 cmd_purge() {

@@ -14,9 +14,14 @@
 # Files: $SSHD_DIR (root's: sshd_config, host key, authorized_keys/slurmgw, pid, log) and
 # $CLIENT_DIR (slurmgw's, 0700: id_ed25519, known_hosts). The service account gets a login
 # shell (/bin/sh: sshd runs every command through it) and "*" for a password (none; sshd
-# refuses accounts locked with "!" even for keys).
+# refuses accounts locked with "!" even for keys). Everything in $CLIENT_DIR is done as the
+# service account (as_service): it owns the directory and could put a link there to a file
+# of root's, which root would write or read through.
 set -euo pipefail
 export PATH="/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin:$PATH"
+
+# shellcheck source=scripts/apt-install.sh
+source "$(dirname "${BASH_SOURCE[0]}")/apt-install.sh"
 
 SSHD_PORT=${SSHD_PORT:-18722}
 SSHD_ADDR=127.0.0.1
@@ -33,20 +38,12 @@ die() {
 
 install_server() {
     [[ -x /usr/sbin/sshd ]] && return 0
-    log "installing openssh-server"
-    local added_policy=0 rc=0
-    # Keep apt from starting Debian's own sshd on port 22.
-    if [[ ! -e /usr/sbin/policy-rc.d ]]; then
-        printf '#!/bin/sh\nexit 101\n' >/usr/sbin/policy-rc.d
-        chmod 0755 /usr/sbin/policy-rc.d
-        added_policy=1
-    fi
-    export DEBIAN_FRONTEND=noninteractive
-    apt-get update -qq || rc=$?
-    ((rc == 0)) && { apt-get install -y -qq --no-install-recommends openssh-server || rc=$?; }
-    ((added_policy)) && rm -f /usr/sbin/policy-rc.d
-    ((rc == 0)) || die "apt-get failed (rc $rc)"
+    # Without starting Debian's own sshd on port 22.
+    apt_install openssh-server || die "apt-get failed (rc $?)"
 }
+
+# Run a command as the service account, from / (root's working directory may be closed to it).
+as_service() { (cd / && runuser -u "$SERVICE_USER" -- "$@"); }
 
 pid_of_sshd() {
     local pid
@@ -90,17 +87,24 @@ client_files() {
     local home
     home=$(getent passwd "$SERVICE_USER" | cut -d: -f6)
     [[ $CLIENT_DIR == "$home/.ssh" ]] || die "$SERVICE_USER's home is $home, not ${CLIENT_DIR%/.ssh}"
-    install -d -o "$SERVICE_USER" -g "$SERVICE_USER" -m 0700 "$CLIENT_DIR"
-    if [[ ! -f $CLIENT_DIR/id_ed25519 ]]; then
-        runuser -u "$SERVICE_USER" -- ssh-keygen -q -t ed25519 -N '' \
+    as_service install -d -m 0700 "$CLIENT_DIR" || die "cannot make $CLIENT_DIR as $SERVICE_USER"
+    if ! as_service test -f "$CLIENT_DIR/id_ed25519"; then
+        as_service ssh-keygen -q -t ed25519 -N '' \
             -C "$SERVICE_USER@slurm-gateway" -f "$CLIENT_DIR/id_ed25519"
     fi
-    install -o root -g root -m 0644 "$CLIENT_DIR/id_ed25519.pub" "$SSHD_DIR/authorized_keys/$SERVICE_USER"
-    # The host key as sshd shows it, written from its file (not scanned over the network).
-    printf '[%s]:%s %s\n' "$SSHD_ADDR" "$SSHD_PORT" "$(cut -d' ' -f1,2 "$SSHD_DIR/host_ed25519.pub")" \
-        >"$CLIENT_DIR/known_hosts"
-    chown "$SERVICE_USER:$SERVICE_USER" "$CLIENT_DIR/known_hosts"
-    chmod 0644 "$CLIENT_DIR/known_hosts"
+    local public_key
+    public_key=$(as_service head -c 4096 "$CLIENT_DIR/id_ed25519.pub") ||
+        die "$SERVICE_USER cannot read $CLIENT_DIR/id_ed25519.pub"
+    [[ $public_key == ssh-ed25519\ * && $public_key != *$'\n'* ]] ||
+        die "$CLIENT_DIR/id_ed25519.pub is not one ed25519 public key"
+    printf '%s\n' "$public_key" >"$SSHD_DIR/authorized_keys/$SERVICE_USER"
+    chmod 0644 "$SSHD_DIR/authorized_keys/$SERVICE_USER"
+    # The host key as sshd shows it, written from its file (not scanned over the network),
+    # under a new name and renamed over known_hosts (replacing a link, not writing through it).
+    printf '[%s]:%s %s\n' "$SSHD_ADDR" "$SSHD_PORT" "$(cut -d' ' -f1,2 "$SSHD_DIR/host_ed25519.pub")" |
+        as_service sh -c 'umask 022 && t=$(mktemp "$1.XXXXXX") && cat >"$t" && chmod 0644 "$t" &&
+            mv -f -T "$t" "$1"' sh "$CLIENT_DIR/known_hosts" ||
+        die "cannot write $CLIENT_DIR/known_hosts as $SERVICE_USER"
     # sshd runs commands through the account's login shell.
     if [[ $(getent passwd "$SERVICE_USER" | cut -d: -f7) != "$SHELL_FOR_SSH" ]]; then
         usermod -s "$SHELL_FOR_SSH" "$SERVICE_USER"

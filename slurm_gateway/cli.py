@@ -35,6 +35,9 @@ from .state import read_or_create_secret
 from .transport import LocalSudoRunner
 
 DEFAULT_CONFIG = "/etc/slurm-gateway/config.py"
+#: The proxy token's path in the state directory: a directory of its own, the only part of
+#: the state directory the proxy's unit lets it see (deploy/slurm-gateway-proxy.service).
+PROXY_TOKEN = Path("proxy", "proxy-token")
 CONFIG_FILE_MODE = 0o640
 
 _AUTH_TYPES = {
@@ -186,8 +189,8 @@ def share_proxy_token(config: Config) -> None:
     """Give an externally managed proxy and the gateway the same API token.
 
     Unless the admin set one (``c.Proxy.api_token`` or ``DASK_GATEWAY_PROXY_TOKEN``), it
-    is kept in the state directory, created there on first use, so that both services find
-    it without a secret in the config file."""
+    is kept in the state directory (:data:`PROXY_TOKEN`), created there on first use, so
+    that both services find it without a secret in the config file."""
     if (
         not config.Proxy.get("externally_managed", False)
         or "api_token" in config.Proxy
@@ -198,7 +201,7 @@ def share_proxy_token(config: Config) -> None:
         "state_directory", SlurmBackend.state_directory.default_value
     )
     token = read_or_create_secret(
-        Path(state_directory) / "proxy-token", lambda: secrets.token_hex(32).encode()
+        Path(state_directory) / PROXY_TOKEN, lambda: secrets.token_hex(32).encode()
     )
     config.Proxy.api_token = token.decode()
 

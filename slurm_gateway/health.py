@@ -11,6 +11,11 @@ database at each request (``SELECT 1``, bounded, one at a time).
 
 Statuses: ``pass``; ``warn`` (degraded, still serving: accounting down, not checked yet);
 ``fail`` (HTTP 503: slurmctld, the database or the proxy does not answer).
+
+Anyone who reaches the gateway may ask, so a message names the failing part and where
+the admin finds more, never what a part said (a socket path, an SSH target, SLURM's
+stderr): that goes to the gateway's log (:func:`log_line`), once when a part starts
+failing, again at most every :data:`STILL_FAILING_PERIOD` seconds, and when it answers.
 """
 
 from __future__ import annotations
@@ -38,6 +43,10 @@ ACCOUNTING_PROBE_PERIOD = 60.0
 PROBE_TIMEOUT = 5.0
 #: Seconds a SLURM command may be under way before slurmctld counts as not answering.
 SLOW_ANSWER = 15.0
+#: Seconds between two log lines saying that a part still fails.
+STILL_FAILING_PERIOD = 300.0
+#: What a failing part's public message points the admin to.
+SEE_LOG = "see the gateway log"
 
 Run = Callable[..., Awaitable[CommandResult]]
 
@@ -79,7 +88,7 @@ def slurm_check(
     if seen is None:
         return Check(WARN, "slurmctld not checked yet")
     if not seen.ok:
-        return Check(FAIL, f"slurmctld does not answer: {seen.message}")
+        return Check(FAIL, f"slurmctld does not answer; {SEE_LOG}")
     age = now - seen.at
     if age > 3 * period + slow:
         return Check(WARN, f"slurmctld last answered {age:.0f} s ago; not checked since")
@@ -95,7 +104,7 @@ def accounting_check(seen: Observation | None, now: float) -> Check:
         return Check(
             WARN,
             "accounting (slurmdbd) does not answer; final job states come from squeue "
-            f"alone: {seen.message}",
+            f"alone; {SEE_LOG}",
         )
     return Check(PASS, f"sacct answered {now - seen.at:.0f} s ago")
 
@@ -104,7 +113,9 @@ def probed_check(name: str, seen: Observation | None) -> Check:
     """The database or the proxy, from its latest probe."""
     if seen is None:
         return Check(WARN, f"{name} not checked yet")
-    return Check(PASS if seen.ok else FAIL, seen.message)
+    if not seen.ok:
+        return Check(FAIL, f"{name} does not answer; {SEE_LOG}")
+    return Check(PASS, f"{name} answers")
 
 
 def overall(checks: dict[str, Check]) -> str:
@@ -128,6 +139,21 @@ def ping_answer(result: CommandResult) -> tuple[bool, str]:
 def command_answer(result: CommandResult) -> tuple[bool, str]:
     """A SLURM command's answer as an observation's ``(ok, message)``."""
     return (True, "answered") if result.ok else (False, result.summary()[:500])
+
+
+def log_line(
+    part: str, was: Observation | None, ok: bool, detail: str, last_logged: float | None, now: float
+) -> str | None:
+    """The log line for a part's new answer, or None: ``fails`` when it starts failing,
+    ``still fails`` when it failed and the last line is :data:`STILL_FAILING_PERIOD`
+    seconds old (``last_logged``), ``answers again`` when a failing part answers."""
+    if ok:
+        return None if was is None or was.ok else f"Health: {part} answers again"
+    if was is None or was.ok:
+        return f"Health: {part} fails: {detail}"
+    if last_logged is None or now - last_logged >= STILL_FAILING_PERIOD:
+        return f"Health: {part} still fails: {detail}"
+    return None
 
 
 # -- the monitor ------------------------------------------------------------------------------
@@ -158,6 +184,7 @@ class HealthMonitor:
         self._engine = engine
         self._log = log
         self.seen: dict[str, Observation] = {}
+        self._logged: dict[str, float] = {}  # when each part's last failure line was written
         self._pending: dict[int, float] = {}  # SLURM commands under way: start times
         self._db_probe: asyncio.Future | None = None
 
@@ -210,11 +237,22 @@ class HealthMonitor:
         return result
 
     def note(self, part: str, ok: bool, message: str) -> None:
-        was = self.seen.get(part)
-        if was is not None and was.ok != ok:
-            log = self._log.info if ok else self._log.warning
-            log("Health: %s %s: %s", part, "answers again" if ok else "fails", message)
-        self.seen[part] = Observation(ok, message, time.monotonic())
+        """A part's answer; ``message`` (its details) goes to the log only."""
+        now = time.monotonic()
+        line = log_line(part, self.seen.get(part), ok, message, self._logged.get(part), now)
+        if line is not None:
+            (self._log.info if ok else self._log.warning)("%s", line)
+            if not ok:
+                self._logged[part] = now
+        self.seen[part] = Observation(ok, message, now)
+
+    def availability(self) -> dict[str, bool | None]:
+        """Whether SLURM and accounting answered last (None: not heard of yet); the
+        metrics' ``slurm_up`` and ``accounting_up``."""
+        return {
+            part: None if (seen := self.seen.get(part)) is None else seen.ok
+            for part in ("slurm", "accounting")
+        }
 
     async def refresh(self) -> None:
         """Probe what the poller has not heard of for a period; probe the proxy."""

@@ -182,13 +182,14 @@ def by_state(counts: dict[tuple[str, str], int]) -> dict[str, int]:
 class StateCollector:
     """The gauges computed at each scrape: clusters and workers by state (by user too if
     ``per_user``), SLURM's and accounting's availability. ``clusters`` returns the
-    gateway's cluster records; ``availability`` returns (slurm, accounting), None if
-    unknown yet. Both are called on the event loop that owns them (see metrics_service)."""
+    gateway's cluster records; ``availability`` returns ``{"slurm": up, "accounting":
+    up}`` (:meth:`~slurm_gateway.health.HealthMonitor.availability`; None: unknown yet).
+    Both are called on the event loop that owns them (see metrics_service)."""
 
     def __init__(
         self,
         clusters: Callable[[], Iterable],
-        availability: Callable[[], tuple[bool, bool] | None],
+        availability: Callable[[], dict[str, bool | None]],
         per_user: bool,
     ):
         self._clusters = clusters
@@ -219,13 +220,14 @@ class StateCollector:
                     gauge.add_metric([user, state], count)
                 yield gauge
         availability = self._availability()
-        if availability is not None:
-            for name, up, doc in (
-                ("slurm_up", availability[0], "1 if the last squeue of the gateway's jobs"),
-                ("accounting_up", availability[1], "1 if the last sacct of ended jobs"),
-            ):
+        for part, doc in (
+            ("slurm", "1 if slurmctld's last answer (squeue, scontrol ping)"),
+            ("accounting", "1 if slurmdbd's last answer (sacct)"),
+        ):
+            up = availability.get(part)
+            if up is not None:
                 yield GaugeMetricFamily(
-                    f"{PREFIX}_{name}", f"{doc} answered, else 0.", value=float(up)
+                    f"{PREFIX}_{part}_up", f"{doc} was one, else 0.", value=float(up)
                 )
 
 

@@ -145,7 +145,7 @@ class MetricsService(LoggingConfigurable):
         self.metrics.add_state(
             StateCollector(
                 lambda: list(self.db.name_to_cluster.values()),
-                self._availability,
+                self.health.availability,
                 self.metrics_per_user,
             )
         )
@@ -178,9 +178,6 @@ class MetricsService(LoggingConfigurable):
             else:
                 self.log.info("Prometheus metrics at http://%s/metrics", self.metrics_address)
                 return
-
-    def _availability(self) -> tuple[bool, bool]:
-        return self.tracker.slurm_available, self.tracker.accounting_available
 
     def _job_running(self, job) -> None:
         owner = self.owners.get(job.job_id)

@@ -1,9 +1,10 @@
 """``slurm-gateway check``: the admin's preflight of an install, each check printing PASS or
 FAIL with what to fix (the decisions are in :mod:`slurm_gateway.preflight_rules`).
 
-Run as root or as the service account. As root, it reads the service account's sudo
-privileges (``sudo -l -U``), then drops to the service account for everything else, so that
-sudo, SLURM and the files are seen exactly as the gateway sees them. With ``--user NAME`` it
+Run as root or as the service account. As root, it drops to the service account first, so
+that sudo, SLURM and the files are seen exactly as the gateway sees them; the account's sudo
+privileges are its own ``sudo -n -l`` through the gateway's command runner, so that with the
+SSH transport they are the login node's, where the rule is used. With ``--user NAME`` it
 also runs, as that user through the gateway's own command runner, the helper and one tiny
 real job (scheduler-sized, in the scheduler partition) that imports dask from the default
 job environment and connects to the proxy; the job is waited for at most ``--job-timeout``
@@ -17,7 +18,6 @@ import json
 import os
 import pwd
 import secrets
-import subprocess
 import time
 from urllib.parse import urlsplit
 
@@ -58,30 +58,22 @@ from .slurm import (
     squeue_command,
 )
 
-SUDO_TIMEOUT = 20.0
 SUDO_FIX = (
     "install deploy/sudoers as /etc/sudoers.d/slurm-gateway (root:root 0440, README "
     '"The sudo rule") and make the user a member of allowed_group'
 )
 
 
-def sudo_listing(account: str) -> tuple[bool, str]:
-    """The service account's sudo privileges (``sudo -l``), as root or as the account."""
-    argv = ["sudo", "-n", "-l"] + (["-U", account] if os.getuid() == 0 else [])
-    try:
-        out = subprocess.run(argv, capture_output=True, text=True, timeout=SUDO_TIMEOUT)
-    except (OSError, subprocess.TimeoutExpired) as exc:
-        return False, str(exc)
-    return out.returncode == 0, out.stdout + out.stderr
-
-
-def sudo_width(account: str, backend) -> Outcome:
-    ok, listing = sudo_listing(account)
+async def sudo_width(account: str, backend, runner) -> Outcome:
+    """The service account's sudo privileges (its ``sudo -n -l`` where the runner runs
+    commands: here, or the login node) against the documented rule."""
+    listed = await runner.run([runner.sudo, "-n", "-l"])
     name = "sudo rule (width)"
-    if not ok:
+    if not listed.ok:
         return Outcome(
-            name, FAIL, f"sudo -l for {account} fails: {listing.strip()[:300]}; {SUDO_FIX}"
+            name, FAIL, f"sudo -l for {account} fails: {listed.summary()[:300]}; {SUDO_FIX}"
         )
+    listing = listed.stdout
     documented = documented_commands(backend.sbatch, backend.scancel, backend.user_helper)
     problems = sudo_rule_problems(listing, documented)
     if problems == [NO_RULE]:
@@ -95,11 +87,13 @@ def sudo_width(account: str, backend) -> Outcome:
 
 
 def become(account: str) -> None:
-    """Drop from root to the service account (groups included) for good."""
+    """Drop from root to the service account (groups included) for good, with its home:
+    what reads ``~`` (the SSH transport's keys and known hosts) reads the account's."""
     entry = pwd.getpwnam(account)
     os.initgroups(account, entry.pw_gid)
     os.setgid(entry.pw_gid)
     os.setuid(entry.pw_uid)
+    os.environ.update(HOME=entry.pw_dir, USER=account, LOGNAME=account)
 
 
 def proxy_address(backend) -> tuple[str, int]:
@@ -241,7 +235,8 @@ class CheckCommand(Application):
     documented; squeue, sacct and scontrol answer; MaxArraySize; the log directory's
     permissions; and, with --user, a tiny real job as that user imports dask from the default
     job environment on a compute node and connects to the proxy. Run it as root or as the
-    service account (root drops to the service account after reading its sudo privileges).
+    service account (root drops to the service account first; through SSH, the sudo rule
+    checked is the login node's).
     Exits 1 when any check fails."""
     examples = "slurm-gateway check -f /etc/slurm-gateway/config.py --user alice"
 
@@ -290,12 +285,12 @@ class CheckCommand(Application):
         except Exception as exc:
             return [Outcome("config", FAIL, f"{self.config_file}: {exc!r}"[:800])]
         outcomes = [Outcome("config", PASS, f"{self.config_file} loads")]
-        outcomes.append(sudo_width(self.service_account, backend))
         if os.getuid() == 0:
             become(self.service_account)
         elif pwd.getpwuid(os.getuid()).pw_name != self.service_account:
             why = f"run as root or {self.service_account}, not {pwd.getpwuid(os.getuid()).pw_name}"
             outcomes.append(Outcome("account", FAIL, why))
+        outcomes.append(await sudo_width(self.service_account, backend, runner))
         outcomes += await slurm_outcomes(backend, runner)
         outcomes.append(log_root_outcome(cluster_config.log_directory))
         if not self.user:

@@ -20,7 +20,7 @@ import unicodedata
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from .userfs import CLUSTER_FILE, directory_problem
+from .userfs import CLUSTER_FILE, directory_problem, read_bounded
 
 # A cluster's log directory: the start time (sortable) and a random part.
 SUBDIRECTORY = re.compile(r"^(\d{8}-\d{6})-[0-9a-f]{8}$")
@@ -106,18 +106,6 @@ def select(argument: str | None, user_directory: str) -> Selection:
     return Selection(cluster=argument)
 
 
-def _read_bounded(fd: int, offset: int, limit: int) -> bytes:
-    os.lseek(fd, offset, os.SEEK_SET)
-    chunks, left = [], limit
-    while left > 0:
-        chunk = os.read(fd, left)
-        if not chunk:
-            break
-        chunks.append(chunk)
-        left -= len(chunk)
-    return b"".join(chunks)
-
-
 class UserLogs:
     """The cluster log directories of the calling user, in ``user_directory``."""
 
@@ -175,7 +163,7 @@ class UserLogs:
         try:
             fd = self._open_file(directory_fd, CLUSTER_FILE)
             try:
-                data = _read_bounded(fd, 0, MAX_CLUSTER_FILE)
+                data = read_bounded(fd, 0, MAX_CLUSTER_FILE)
             finally:
                 os.close(fd)
         except OSError:
@@ -227,7 +215,7 @@ class UserLogs:
         try:
             size = os.fstat(fd).st_size
             offset = max(0, size - MAX_TAIL_BYTES)
-            data = _read_bounded(fd, offset, MAX_TAIL_BYTES)
+            data = read_bounded(fd, offset, MAX_TAIL_BYTES)
         finally:
             os.close(fd)
         return last_lines(data, count, whole_file=offset == 0)

@@ -256,6 +256,19 @@ def prepare_log_directory(
     return None
 
 
+def read_bounded(fd: int, offset: int, limit: int) -> bytes:
+    """At most ``limit`` bytes of ``fd`` from ``offset`` (fewer at its end)."""
+    os.lseek(fd, offset, os.SEEK_SET)
+    chunks, left = [], limit
+    while left > 0:
+        chunk = os.read(fd, left)
+        if not chunk:
+            break
+        chunks.append(chunk)
+        left -= len(chunk)
+    return b"".join(chunks)
+
+
 def read_log_tail(path: str, max_bytes: int = 65536, max_lines: int = 20) -> list[str]:
     """The last ``max_lines`` non-empty lines in the last ``max_bytes`` bytes of ``path``.
 
@@ -274,17 +287,9 @@ def read_log_tail(path: str, max_bytes: int = 65536, max_lines: int = 20) -> lis
         size = os.fstat(fd)
         if not stat.S_ISREG(size.st_mode):
             raise ValueError(f"{path} is not a regular file")
-        os.lseek(fd, max(0, size.st_size - max_bytes), os.SEEK_SET)
-        chunks = []
-        left = max_bytes
-        while left > 0:
-            chunk = os.read(fd, left)
-            if not chunk:
-                break
-            chunks.append(chunk)
-            left -= len(chunk)
+        data = read_bounded(fd, max(0, size.st_size - max_bytes), max_bytes)
     finally:
         os.close(fd)
-    text = b"".join(chunks).decode("utf-8", errors="replace")
+    text = data.decode("utf-8", errors="replace")
     lines = [line.strip()[:MAX_LINE_CHARS] for line in text.splitlines()]
     return [line for line in lines if line][-max_lines:]

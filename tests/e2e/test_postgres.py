@@ -3,13 +3,16 @@ secrets encrypted with the gateway's key, the pool bounded, and a database resta
 the users nothing. The restart and load tests run against PostgreSQL too (their
 ``postgres`` parameters)."""
 
+import os
 import re
+import socket
+import stat
 
 import pytest
 from conftest import run
 
 from harness import postgres
-from harness.processes import HarnessError
+from harness.processes import HarnessError, command_as
 
 RUNNING, STOPPED = "3", "5"  # dask-gateway-server's JobStatus values, as stored
 
@@ -93,3 +96,32 @@ def test_a_database_restored_from_pg_dump_with_its_key_gets_the_clusters_back(
         via=gw,
     )
     assert after == {"total": 90}, after
+
+
+def test_only_the_service_account_and_postgres_can_even_connect():
+    # mallory (any local account) can neither reach the socket nor a TCP port: she cannot
+    # hold connections open to exhaust max_connections, nor take the port while it is down.
+    postgres.up()
+    directory = os.stat(postgres.SOCKET_DIRECTORY)
+    assert stat.S_IMODE(directory.st_mode) == 0o2750, oct(directory.st_mode)
+    socket_path = f"{postgres.SOCKET_DIRECTORY}/.s.PGSQL.{postgres.PORT}"
+    assert stat.S_IMODE(os.stat(socket_path).st_mode) == 0o770
+    psql = [postgres.tool("psql"), "-X", "-h", postgres.SOCKET_DIRECTORY]
+    psql += ["-p", str(postgres.PORT), "-d", "postgres", "-c", "SELECT 1"]
+    for user in ("mallory", "alice"):
+        out = run(command_as(user, psql), timeout=60, cwd="/")
+        assert out.returncode != 0 and "Permission denied" in out.stderr, (user, out.stderr)
+    assert run(command_as("slurmgw", psql), timeout=60, cwd="/").returncode == 0
+    with socket.socket() as probe, pytest.raises(ConnectionRefusedError):
+        probe.settimeout(5)
+        probe.connect(("127.0.0.1", postgres.PORT))
+    assert f":{postgres.PORT:04X} " not in listening_tcp(), "something listens on the port"
+
+
+def listening_tcp() -> str:
+    """The kernel's listening TCP sockets (IPv4 and IPv6), as /proc/net/tcp* lists them."""
+    lines = []
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        with open(table) as f:
+            lines += [line for line in f if line.split()[3] == "0A"]  # 0A: LISTEN
+    return "".join(lines)

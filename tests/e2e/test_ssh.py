@@ -18,7 +18,7 @@ from pathlib import Path
 
 import asyncssh
 import pytest
-from conftest import REPO, SSH_DIR, SSH_LOGIN_NODE, run, user_jobs, wait_until
+from conftest import GATEWAY, REPO, SSH_DIR, SSH_LOGIN_NODE, run, user_jobs, wait_until
 
 from slurm_gateway.slurm import slurm_unreachable
 from slurm_gateway.ssh_transport import SSHSudoRunner
@@ -258,3 +258,59 @@ def test_sshd_away_for_60_s_fails_no_cluster_and_commands_resume(as_user, make_g
     assert "SLURM unavailable" in log
     assert f"Cluster {made['name']} failed" not in log
     assert wait_until(lambda: not user_jobs("alice"), 30), user_jobs("alice")
+
+
+def test_sshd_sh_never_writes_or_reads_through_links_the_service_account_planted(tmp_path):
+    # slurmgw owns ~/.ssh: links there to files of root's must not make root (sshd.sh up)
+    # write them (known_hosts) nor publish them (id_ed25519.pub, copied to a 0644 file).
+    ssh_dir = Path(SSH_DIR)
+    targets = {name: tmp_path / f"root-{name}" for name in ("known_hosts", "id_ed25519.pub")}
+    for target in targets.values():
+        target.write_text("root's secret\n")
+        target.chmod(0o600)
+    public_key = (ssh_dir / "id_ed25519.pub").read_text()
+    authorized = Path("/etc/slurm-gateway-dev-sshd/authorized_keys/slurmgw")
+
+    def as_slurmgw(*argv: str, stdin: str | None = None) -> None:
+        out = run(["runuser", "-u", "slurmgw", "--", *argv], input=stdin, cwd="/")
+        assert out.returncode == 0, out.stderr
+
+    def put_back_public_key() -> None:
+        script = 'rm -f "$1" && cat >"$1"'
+        as_slurmgw("sh", "-c", script, "sh", f"{ssh_dir}/id_ed25519.pub", stdin=public_key)
+
+    try:
+        for name, target in targets.items():
+            as_slurmgw("ln", "-sfn", str(target), str(ssh_dir / name))
+        out = run(["bash", str(REPO / "scripts" / "sshd.sh"), "up"])
+        assert out.returncode != 0 and "id_ed25519.pub" in out.stderr, out.stderr
+        assert "secret" not in authorized.read_text()
+        # With its public key back, up writes known_hosts anew: it replaces the link.
+        put_back_public_key()
+        sshd("up")
+        assert not (ssh_dir / "known_hosts").is_symlink()
+        assert "ssh-ed25519" in (ssh_dir / "known_hosts").read_text()
+    finally:
+        if (ssh_dir / "id_ed25519.pub").is_symlink():
+            put_back_public_key()
+        as_slurmgw("rm", "-f", f"{ssh_dir}/known_hosts")
+        sshd("up")
+    for target in targets.values():
+        assert target.read_text() == "root's secret\n"
+        info = target.stat()
+        assert (info.st_uid, stat.S_IMODE(info.st_mode)) == (0, 0o600)
+
+
+def test_check_reads_the_sudo_rule_of_the_login_node_not_its_own_host(make_gateway):
+    # `slurm-gateway check` where the sudo rule is not (this host's is /dev/null in its mount
+    # namespace): through SSH, the rule it checks is the login node's, which works.
+    gw = ssh_gateway(make_gateway, "")
+    script = 'mount --bind /dev/null /etc/sudoers.d/slurm-gateway && exec "$@"'
+    out = run(
+        ["unshare", "--mount", "--propagation", "private", "--", "/bin/sh", "-c", script, "sh"]
+        + [GATEWAY, "check", "-f", str(gw.config)],
+        timeout=300,
+        cwd="/",
+    )
+    assert "PASS  sudo rule (width)" in out.stdout, out.stdout + out.stderr
+    assert "PASS  squeue" in out.stdout, out.stdout

@@ -23,7 +23,9 @@ def exported_names() -> set[str]:
     """Every sample name the gateway exports (``_bucket``, ``_count``, ``_total``...), with
     every optional part on, whether or not a labelled metric has samples yet."""
     metrics = GatewayMetrics()
-    metrics.add_state(StateCollector(lambda: [], lambda: (True, True), per_user=True))
+    metrics.add_state(
+        StateCollector(lambda: [], lambda: {"slurm": True, "accounting": True}, per_user=True)
+    )
     text = metrics.exposition().decode()
     return {
         family.name + suffix

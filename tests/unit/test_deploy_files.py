@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from slurm_gateway.cli import DEFAULT_CONFIG
+from slurm_gateway.cli import DEFAULT_CONFIG, PROXY_TOKEN
 from slurm_gateway.settings import SlurmBackendSettings
 
 REPO = Path(__file__).resolve().parents[2]
@@ -95,7 +95,11 @@ def test_the_units_run_what_the_readme_installs_where_it_installs_it():
         "-f",
         config,
     ]
-    assert proxy["Service.ReadWritePaths"] == state  # the proxy token is there
+    # Of the state directory, the proxy sees only the proxy token's directory.
+    assert proxy["Service.TemporaryFileSystem"] == state
+    token_directory = f"{state}/{PROXY_TOKEN.parent}"
+    assert proxy["Service.BindPaths"] == token_directory
+    assert f"install -d -m 0700 -o {account} {token_directory} " in README
     sudo_account = (DEPLOY / "sudoers").read_text().split("Defaults:", 1)[1].split()[0]
     for unit in (gateway, proxy):
         assert unit["Service.User"] == unit["Service.Group"] == account == sudo_account
@@ -112,8 +116,10 @@ def test_the_gateways_hardening_leaves_sudo_working():
     # The bounding set also limits what the setuid sudo gets.
     assert "CapabilityBoundingSet" not in keys and "PrivateUsers" not in keys
     assert gateway["Service.ProtectSystem"] == "full" and gateway["Service.PrivateTmp"] == "yes"
-    comments = " ".join(GATEWAY_UNIT.read_text().split())
+    comments = " ".join(GATEWAY_UNIT.read_text().replace("#", "").split())
     assert "no NoNewPrivileges=yes" in comments and "sudo" in comments
+    # What PrivateTmp isolates, said as it is: the service from the host, not users apart.
+    assert "one /tmp for the whole service, not one per user" in comments
 
 
 def test_the_proxy_binds_a_privileged_port_and_nothing_else():
@@ -122,6 +128,17 @@ def test_the_proxy_binds_a_privileged_port_and_nothing_else():
     assert proxy["Service.CapabilityBoundingSet"] == "CAP_NET_BIND_SERVICE"
     assert proxy["Service.NoNewPrivileges"] == "yes"
     assert proxy["Service.ProtectSystem"] == "strict"
+
+
+def test_the_proxy_cannot_reach_what_else_the_service_account_holds():
+    # It runs as the gateway's account: no Unix socket (the admin socket), no view of the
+    # gateway's processes or IPC, only the system calls of an ordinary service.
+    proxy = unit_settings(PROXY_UNIT)
+    assert proxy["Service.RestrictAddressFamilies"].split() == ["AF_INET", "AF_INET6"]
+    assert proxy["Service.SystemCallFilter"] == "@system-service"
+    assert proxy["Service.PrivateIPC"] == "yes"
+    assert proxy["Service.ProtectProc"] == "invisible"
+    assert "ReadWritePaths" not in {key.split(".", 1)[1] for key in proxy}
 
 
 def test_systemd_accepts_the_units(tmp_path):

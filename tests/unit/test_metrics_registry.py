@@ -236,7 +236,8 @@ CLUSTERS = [
 ]
 
 
-def with_state(per_user: bool, availability=(True, False)) -> dict:
+def with_state(per_user: bool, availability=None) -> dict:
+    availability = availability or {"slurm": True, "accounting": False}
     metrics = GatewayMetrics(process_metrics=False)
     metrics.add_state(StateCollector(lambda: CLUSTERS, lambda: availability, per_user))
     return samples(metrics)
@@ -251,6 +252,12 @@ def test_clusters_and_workers_by_state_are_counted_at_scrape_time():
     assert got["slurm_gateway_workers", (("state", "submitted"),)] == 1
     assert got["slurm_gateway_slurm_up", ()] == 1
     assert got["slurm_gateway_accounting_up", ()] == 0
+
+
+def test_a_part_not_heard_of_yet_has_no_up_gauge():
+    got = with_state(per_user=False, availability={"slurm": False, "accounting": None})
+    assert got["slurm_gateway_slurm_up", ()] == 0
+    assert ("slurm_gateway_accounting_up", ()) not in got
 
 
 def test_users_are_named_only_when_the_site_allows_it():

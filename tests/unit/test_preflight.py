@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
+import asyncio
+import os
+import pwd
 import re
 import stat
 import subprocess
+import sys
 from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
 
-from slurm_gateway.preflight import helper_lines
+from slurm_gateway.preflight import helper_lines, sudo_width
 from slurm_gateway.preflight_rules import (
     FAIL,
     PASS,
@@ -27,6 +31,7 @@ from slurm_gateway.preflight_rules import (
     sudo_entries,
     sudo_rule_problems,
 )
+from slurm_gateway.transport import CommandResult
 
 REPO = Path(__file__).resolve().parents[2]
 HELPER = "/opt/slurm-gateway/venv/bin/slurm-gateway-user-helper"
@@ -203,3 +208,48 @@ def test_what_the_check_job_printed_reaches_roots_terminal_without_escapes():
     line = Outcome("check job", FAIL, "job said: \x1b]0;owned\x07\x1b[2J\x9b31m done").line()
     assert not any(ord(char) < 32 or 0x7F <= ord(char) < 0xA0 for char in line)
     assert line.startswith("FAIL  check job: job said: ") and line.endswith(" done")
+
+
+class _LoginNode:
+    """A command runner (e.g. SSH's) whose sudo -l prints ``listing``; records what it ran."""
+
+    sudo = "/usr/bin/sudo"
+
+    def __init__(self, listing: str, returncode: int = 0):
+        self.listing, self.returncode = listing, returncode
+        self.ran: list[tuple[list[str], str | None]] = []
+
+    async def run(self, argv, *, user=None, stdin=None):
+        self.ran.append((list(argv), user))
+        return CommandResult(list(argv), self.returncode, self.listing, "")
+
+
+def test_the_sudo_rule_checked_is_where_the_runner_runs_commands_as_the_account():
+    backend = SimpleNamespace(sbatch="/usr/bin/sbatch", scancel="/usr/bin/scancel")
+    backend.user_helper = HELPER
+    login_node = _LoginNode(LISTING)
+    outcome = asyncio.run(sudo_width("slurmgw", backend, login_node))
+    assert login_node.ran == [(["/usr/bin/sudo", "-n", "-l"], None)]  # as the account, there
+    assert outcome.status == PASS, outcome
+    wide = _LoginNode(LISTING + "    (ALL) NOPASSWD: ALL\n")
+    assert asyncio.run(sudo_width("slurmgw", backend, wide)).status == FAIL
+    refused = _LoginNode("", returncode=1)
+    outcome = asyncio.run(sudo_width("slurmgw", backend, refused))
+    assert outcome.status == FAIL and "sudo -l for slurmgw fails" in outcome.message
+
+
+@pytest.mark.skipif(os.getuid() != 0, reason="dropping to another account needs root")
+def test_root_drops_to_the_account_with_its_home():
+    # What reads ~ after the drop (the SSH transport's default keys) reads the account's.
+    code = "import os; from slurm_gateway.preflight import become; become('nobody'); "
+    code += "print(os.getuid(), os.environ['HOME'], os.environ['USER'])"
+    out = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=REPO,
+        env={**os.environ, "HOME": "/root", "PYTHONPATH": str(REPO)},
+    )
+    nobody = pwd.getpwnam("nobody")
+    assert out.stdout.split() == [str(nobody.pw_uid), nobody.pw_dir, "nobody"], out.stderr

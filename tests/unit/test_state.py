@@ -6,7 +6,7 @@ import stat
 import pytest
 from traitlets.config import Config
 
-from slurm_gateway.cli import share_proxy_token
+from slurm_gateway.cli import PROXY_TOKEN, share_proxy_token
 from slurm_gateway.state import ensure_private_directory, read_or_create_secret
 
 
@@ -58,7 +58,9 @@ def test_an_external_proxy_and_the_gateway_share_one_token(tmp_path, monkeypatch
     share_proxy_token(proxy)
     assert len(gateway.Proxy.api_token) == 64
     assert gateway.Proxy.api_token == proxy.Proxy.api_token
-    assert _mode(tmp_path / "proxy-token") == 0o600
+    assert (tmp_path / PROXY_TOKEN).read_text() == gateway.Proxy.api_token
+    assert _mode(tmp_path / PROXY_TOKEN) == 0o600
+    assert _mode(tmp_path / PROXY_TOKEN.parent) == 0o700  # all the proxy's unit lets it see
 
 
 def test_proxy_token_is_left_alone_when_set_or_not_needed(tmp_path, monkeypatch):
@@ -69,4 +71,4 @@ def test_proxy_token_is_left_alone_when_set_or_not_needed(tmp_path, monkeypatch)
     chosen = _config(tmp_path, externally_managed=True, api_token="abc")
     share_proxy_token(chosen)
     assert chosen.Proxy.api_token == "abc"
-    assert not (tmp_path / "proxy-token").exists()
+    assert not (tmp_path / PROXY_TOKEN).exists()
