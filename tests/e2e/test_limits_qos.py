@@ -8,7 +8,8 @@ import time
 
 from conftest import run, wait_until
 
-QOS = "gwtest50"
+from harness.slurm import submit_limit
+
 QOS_LIMIT = 50
 # Worker jobs stay queued (held by SLURM): what is measured is submission, not dask.
 HELD_WORKERS = 'c.SlurmClusterConfig.worker_extra_directives = ["--hold"]\n'
@@ -19,24 +20,6 @@ def queued_tasks(user: str) -> list[str]:
     out = run(["squeue", "-h", "--array", "-u", user, "-o", "%i"])
     assert out.returncode == 0, out.stderr
     return out.stdout.split()
-
-
-def sacctmgr(*args: str) -> None:
-    out = run(["sacctmgr", "-i", *args])
-    assert out.returncode == 0, out.stdout + out.stderr
-
-
-def refused_over_limit(user: str) -> bool:
-    """Whether slurmctld already applies the QOS (sacctmgr's changes reach it later): an
-    array of one job more than the limit is refused."""
-    out = run(
-        ["runuser", "-u", user, "--", "sbatch", "--hold", "-p", "workers", "-o", "/dev/null",
-         f"--array=0-{QOS_LIMIT}", "--wrap", "true"],
-        cwd="/tmp",
-    )  # fmt: skip
-    if out.returncode == 0:
-        run(["scancel", out.stdout.split()[-1]])
-    return "QOSMaxSubmitJobPerUserLimit" in out.stderr
 
 
 def test_scale_2000_is_in_the_queue_within_5_s_as_arrays(as_user, make_gateway):
@@ -65,56 +48,49 @@ def test_scale_2000_is_in_the_queue_within_5_s_as_arrays(as_user, make_gateway):
 
 def test_a_qos_submit_limit_holds_workers_in_the_gateway_until_jobs_end(as_user, make_gateway):
     gw = make_gateway(HELD_WORKERS + "c.SlurmBackend.held_retry_period = 600\n")
-    name = None
-    try:
-        run(["sacctmgr", "-i", "add", "qos", QOS])  # (left over if a run was cut short)
-        sacctmgr("modify", "qos", QOS, "set", f"MaxSubmitJobsPerUser={QOS_LIMIT}")
-        sacctmgr("modify", "user", "bob", "set", f"qos+={QOS}", f"defaultqos={QOS}")
-        assert wait_until(lambda: refused_over_limit("bob"), 30), "the QOS is not applied"
-        made = as_user(
+    with submit_limit("bob", QOS_LIMIT):
+        name = as_user(
             "bob",
             """
-            gateway = Gateway()
-            cluster = gateway.new_cluster(shutdown_on_close=False, worker_memory=0.5)
+            cluster = Gateway().new_cluster(shutdown_on_close=False, worker_memory=0.5)
             cluster.scale(80)
             report(name=cluster.name)
             """,
             via=gw,
-        )
-        name = made["name"]
-        # The scheduler's job and 49 workers' fit; 31 workers wait in the gateway.
-        assert wait_until(lambda: len(queued_tasks("bob")) == QOS_LIMIT, 30), queued_tasks("bob")
-        time.sleep(2)
-        assert len(queued_tasks("bob")) == QOS_LIMIT
-        reasons = as_user("bob", f"""
-            gateway = Gateway()
-            report(
-                get=gateway.get_cluster({name!r}).options.get("pending_reason"),
-                listed=[c.options.get("pending_reason") for c in gateway.list_clusters()],
-            )
-            """, via=gw)  # fmt: skip
-        assert reasons["get"] == (
-            "31 workers wait in the gateway: SLURM refused more jobs "
-            "(QOSMaxSubmitJobPerUserLimit); they are submitted as your jobs end"
-        ), reasons
-        assert reasons["listed"] == [reasons["get"]]
-
-        # Ten fewer workers: ten of the queued jobs end, and ten held workers take their place.
-        before = set(queued_tasks("bob"))
-        as_user("bob", f"Gateway().connect({name!r}).scale(70); report()", via=gw)
-        replaced = wait_until(
-            lambda: len(set(queued_tasks("bob")) - before) == 10 and queued_tasks("bob"), 60
-        )
-        assert replaced and len(replaced) == QOS_LIMIT, queued_tasks("bob")
-        reason = as_user(
-            "bob",
-            f"report(r=Gateway().get_cluster({name!r}).options.get('pending_reason'))",
-            via=gw,
-        )["r"]
-        assert reason.startswith("21 workers wait in the gateway"), reason
-    finally:
-        if name:
+        )["name"]
+        try:
+            held_and_released(as_user, gw, name)
+        finally:
             as_user("bob", f"Gateway().stop_cluster({name!r}); report()", via=gw)
-        assert wait_until(lambda: not queued_tasks("bob"), 60), queued_tasks("bob")
-        run(["sacctmgr", "-i", "modify", "user", "bob", "set", f"qos-={QOS}", "defaultqos=normal"])
-        run(["sacctmgr", "-i", "delete", "qos", QOS])
+            assert wait_until(lambda: not queued_tasks("bob"), 60), queued_tasks("bob")
+
+
+def held_and_released(as_user, gw, name: str) -> None:
+    # The scheduler's job and 49 workers' fit; 31 workers wait in the gateway.
+    assert wait_until(lambda: len(queued_tasks("bob")) == QOS_LIMIT, 30), queued_tasks("bob")
+    time.sleep(2)
+    assert len(queued_tasks("bob")) == QOS_LIMIT
+    reasons = as_user("bob", f"""
+        gateway = Gateway()
+        report(
+            get=gateway.get_cluster({name!r}).options.get("pending_reason"),
+            listed=[c.options.get("pending_reason") for c in gateway.list_clusters()],
+        )
+        """, via=gw)  # fmt: skip
+    assert reasons["get"] == (
+        "31 workers wait in the gateway: SLURM refused more jobs "
+        "(QOSMaxSubmitJobPerUserLimit); they are submitted as your jobs end"
+    ), reasons
+    assert reasons["listed"] == [reasons["get"]]
+
+    # Ten fewer workers: ten of the queued jobs end, and ten held workers take their place.
+    before = set(queued_tasks("bob"))
+    as_user("bob", f"Gateway().connect({name!r}).scale(70); report()", via=gw)
+    replaced = wait_until(
+        lambda: len(set(queued_tasks("bob")) - before) == 10 and queued_tasks("bob"), 60
+    )
+    assert replaced and len(replaced) == QOS_LIMIT, queued_tasks("bob")
+    reason = as_user(
+        "bob", f"report(r=Gateway().get_cluster({name!r}).options.get('pending_reason'))", via=gw
+    )["r"]
+    assert reason.startswith("21 workers wait in the gateway"), reason
