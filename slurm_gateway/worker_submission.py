@@ -127,11 +127,17 @@ class WorkerSubmission:
             self.release_held_soon(username)
 
     async def _release_held(self, username: str) -> None:
+        # Until none are left: workers held while this ran (behind the ones it submits)
+        # would otherwise wait for the next trigger.
         try:
-            for cluster in self.db.active_clusters():
-                held = held_workers(cluster) if cluster.username == username else []
-                if held and not await self._submit_held(cluster, held):
-                    return  # the user's limit is reached again
+            while held := [
+                (c, workers)
+                for c in self.db.active_clusters()
+                if c.username == username and (workers := held_workers(c))
+            ]:
+                for cluster, workers in held:
+                    if not await self._submit_held(cluster, workers):
+                        return  # the user's limit is reached again
         except Exception:
             self.log.warning("Could not submit held workers of user %s", username, exc_info=True)
         finally:

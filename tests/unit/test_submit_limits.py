@@ -212,3 +212,27 @@ def test_the_stock_report_methods_the_overrides_rely_on_are_unchanged():
     )
     for name in cluster_reports.OVERRIDDEN:
         assert getattr(SlurmBackend, name) is getattr(PendingReasonReports, name), name
+
+
+def test_workers_held_while_held_ones_are_submitted_go_out_in_the_same_release(tmp_path):
+    asyncio.run(_held_meanwhile(tmp_path))
+
+
+async def _held_meanwhile(tmp_path):
+    data = database(tmp_path)
+    cluster = data.create_cluster("carol", {}, {})
+    data.update_cluster(cluster, state={"log_directory": "/logs"})
+    backend = FakeSubmission(data, free=0)
+    await start(backend, cluster, 3)
+    backend.free = 10
+    later = []
+
+    async def newer_held_meanwhile(cluster, workers):
+        if not later:
+            later.append(data.create_worker(cluster))
+            data.update_worker(later[0], state={"held": True}, status=JobStatus.SUBMITTED)
+        return await WorkerSubmission._submit_worker_jobs(backend, cluster, workers)
+
+    backend._submit_worker_jobs = newer_held_meanwhile
+    await backend._release_held("carol")
+    assert held_workers(cluster) == [] and "job_id" in later[0].state
