@@ -54,6 +54,7 @@ def ours_config(name: str, workdir: Path, held: bool) -> str:
         # Workers stay queued (held): scenarios 2, 4, 5, 6 measure SLURM acceptance,
         # and must not start hundreds of dask workers on this 2-core host.
         c.SlurmClusterConfig.worker_extra_directives = ["--hold"]
+        c.SlurmClusterConfig.cluster_max_workers = 2000  # scenario 9
         """)
     return lines
 

@@ -123,6 +123,11 @@ ROWS = [
     Row("7. scale(100) to squeue, local sudo [s]", {"ours": "s7b/sudo/scale"}),
     Row("7. scale(100) to squeue, through SSH [s]", {"ours": "s7b/ssh/scale"}),
     Row("7. scale(100) SSH / local sudo", {"ours": ("s7b/ssh/scale", "s7b/sudo/scale")}),
+    Row("9. scale(2000) to squeue [s]", _gateways("s9", "scale")),
+    Row("9. scale(2000) shutdown to empty queue [s]", {"ours": "s9/ours/shutdown"}),
+    Row("10. QOS 50, scale(80): jobs queued", {"ours": "s10/ours/queued"}),
+    Row("10. QOS 50, scale(80): workers held in the gateway", {"ours": "s10/ours/held"}),
+    Row("10. held out after 10 jobs end [s]", {"ours": "s10/ours/held_out_after_end"}),
 ]
 
 
@@ -350,6 +355,17 @@ def _ssh_vs_sudo(results: dict) -> list[str]:
     return lines
 
 
+def _submit_limit(results: dict) -> list[str]:
+    s10 = _get(results, "s10", "ours")
+    if not isinstance(s10, dict) or "queued" not in s10:
+        return []
+    return [
+        f"10. ours under a QOS of 50: {s10['queued']} jobs queued after {fmt(s10['to_limit'])} "
+        f"s, {s10['held']} held; the user reads {s10['pending_reason']!r}; after scale(70) "
+        f"fewer queued at {fmt(s10['ended'])} s, back at 50 at {fmt(s10['refilled'])} s"
+    ]
+
+
 def _failures(results: dict) -> list[str]:
     return [f"FAILED {failure.splitlines()[0][:400]}" for failure in results.get("_failures", [])]
 
@@ -363,6 +379,7 @@ DETAILS: list[Callable[[dict], list[str]]] = [
     _scale_latency,
     _rpcs,
     _ssh_vs_sudo,
+    _submit_limit,
     _failures,
 ]
 

@@ -25,9 +25,9 @@ from benchmarks.host import (
 )
 from benchmarks.observers import environment_facts, measure_rpcs
 from harness.processes import HarnessError, run
-from harness.slurm import cancel_user_jobs
+from harness.slurm import cancel_user_jobs, submit_limit
 
-SCENARIOS = ("floor", "s1", "s2", "s3", "s5", "s6", "s7")
+SCENARIOS = ("floor", "s1", "s2", "s3", "s5", "s6", "s7", "s9", "s10")
 OURS_OPTIONS = {"worker_cores": 1, "worker_memory": 0.5}
 
 
@@ -249,6 +249,28 @@ def ssh_vs_sudo(bench: Bench) -> None:
             )
 
 
+def past_limits(bench: Bench) -> None:
+    """Scenario 9: scale(2000) to squeue (ours; the stock backend bounded to 60 s), and
+    scenario 10: scale(80) under a QOS of 50 submitted jobs (ours); workers held."""
+    ours = bench.gateway("ours-held")
+    with bench.running(ours):
+        if bench.wanted("s9"):
+            log("scenario 9 (ours): scale(2000) to squeue, shutdown to empty queue")
+            args = {"options": OURS_OPTIONS, "n": 2000}
+            bench.on_gateway("s9", "ours", ours, "gw_scale_shutdown", 600, **args)
+        if bench.wanted("s10"):
+            log(f"scenario 10 (ours): scale(80) under a QOS of 50 submitted jobs of {USER}")
+            args = {"options": OURS_OPTIONS, "n": 80, "limit": 50, "fewer": 10}
+            with submit_limit(USER, 50):
+                bench.on_gateway("s10", "ours", ours, "gw_submit_limit", 400, **args)
+    if bench.wanted("s9"):
+        stock = bench.gateway("stock-held")
+        with bench.running(stock):
+            log("scenario 9 (stock): scale(2000) to squeue, at most 60 s")
+            args = {"options": {}, "n": 2000, "bound": 60}
+            bench.on_gateway("s9", "stock", stock, "gw_scale_shutdown", 900, **args)
+
+
 #: The phases in order, each with the scenarios that need it.
 PHASES: list[tuple[tuple[str, ...], Callable[[Bench], None]]] = [
     (("floor",), floor),
@@ -257,6 +279,7 @@ PHASES: list[tuple[tuple[str, ...], Callable[[Bench], None]]] = [
     (("s2", "s5"), stock_held),
     (("s2",), jobqueue_held),
     (("s7",), ssh_vs_sudo),
+    (("s9", "s10"), past_limits),
 ]
 
 

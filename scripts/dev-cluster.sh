@@ -523,6 +523,9 @@ SlurmdDebug=info
 AccountingStorageType=accounting_storage/slurmdbd
 AccountingStorageHost=$DBD_HOST
 AccountingStoragePort=6819
+# Association and QOS limits (MaxSubmitJobs...) apply, as on production sites: every user
+# who submits needs an association (ensure_accounting adds them all).
+AccountingStorageEnforce=associations,limits,qos
 JobCompType=jobcomp/none
 EOF
     if ((CGROUP_ACTIVE)); then
@@ -652,10 +655,11 @@ start_slurmdbd() {
 }
 
 # Cluster, account and users in the accounting database (idempotent): the gateway's
-# users, the others (mallory submits jobs herself) and the service account. One
+# users, the others (mallory submits jobs herself), the load test's and benchmark's users
+# (added before their Unix accounts exist: limits are enforced) and the service account. One
 # query when everything is already there (sacctmgr calls cost ~0.2 s each).
 ensure_accounting() {
-    local u assoc
+    local u assoc missing
     assoc=$(sacctmgr -nP list association format=cluster,account,user) ||
         die "sacctmgr cannot list associations"
     if ! grep -q "^$CLUSTER_NAME|" <<<"$assoc"; then
@@ -668,13 +672,17 @@ ensure_accounting() {
             die "sacctmgr add account $SLURM_ACCOUNT failed"
         log "added account $SLURM_ACCOUNT"
     fi
-    for u in "${DASK_USERS[@]}" "${OTHER_USERS[@]}" "$SERVICE_USER"; do
-        if ! grep -qx "$CLUSTER_NAME|$SLURM_ACCOUNT|$u" <<<"$assoc"; then
-            sacctmgr -i add user "$u" Account="$SLURM_ACCOUNT" DefaultAccount="$SLURM_ACCOUNT" \
-                Cluster="$CLUSTER_NAME" >/dev/null || die "sacctmgr add user $u failed"
-            log "added user $u to account $SLURM_ACCOUNT"
-        fi
+    missing=()
+    for u in "${DASK_USERS[@]}" "${OTHER_USERS[@]}" "${LOAD_USERS[@]}" "${BENCH_USERS[@]}" \
+        "$SERVICE_USER"; do
+        grep -qx "$CLUSTER_NAME|$SLURM_ACCOUNT|$u" <<<"$assoc" || missing+=("$u")
     done
+    if ((${#missing[@]})); then
+        sacctmgr -i add user "$(join_by , "${missing[@]}")" Account="$SLURM_ACCOUNT" \
+            DefaultAccount="$SLURM_ACCOUNT" Cluster="$CLUSTER_NAME" >/dev/null ||
+            die "sacctmgr add user ${missing[*]} failed"
+        log "added users ${missing[*]} to account $SLURM_ACCOUNT"
+    fi
 }
 
 start_slurmctld() {

@@ -3,7 +3,8 @@
 Each cluster is one scheduler job and one job per worker (workers started together leave
 as one job array), submitted as the cluster's user through the command runner. What is
 decided lives elsewhere: options (``user_options``), limits (``admission``), job scripts
-(``jobspec``, ``rendering``), submitting and ending jobs (``jobs``), SLURM's view of them
+(``jobspec``, ``rendering``), submitting and ending jobs (``jobs``), workers within SLURM's
+submit limits (``worker_submission``, ``submit_limits``, ``cluster_reports``), SLURM's view of them
 (``tracker``), ownership and orphans (``ownership``), timeouts and failure messages
 (``lifecycle``), user files (``as_user``), HTTP (``api``), health, metrics (``metrics_service``),
 the admin socket (``admin``), overrides of dask-gateway-server internals (``dgs_compat``).
@@ -29,6 +30,7 @@ from .admission import Admissions, ClusterAdmission
 from .api import failure_reason_middleware, request_body_middleware
 from .as_user import AsUser, UserError
 from .batching import Coalescer
+from .cluster_reports import PendingReasonReports
 from .dgs_compat import StockOverrides, answer_health_with
 from .health import HealthMonitor
 from .identity import user_problem
@@ -49,6 +51,7 @@ from .slurm import (
 )
 from .state import ensure_private_directory
 from .tracker import JobTracker
+from .worker_submission import WorkerSubmission
 
 # Seconds the gateway waits at start for SLURM to say which jobs ended while it was down.
 RECONCILE_AT_START_TIMEOUT = 30.0
@@ -58,7 +61,14 @@ PUBLIC_ERRORS = (SlurmError, UserError, ValueError)
 
 
 class SlurmBackend(
-    AdminChannel, ClusterAdmission, StockOverrides, MetricsService, SlurmBackendSettings
+    AdminChannel,
+    ClusterAdmission,
+    WorkerSubmission,
+    # Overrides of dask-gateway-server's methods (each module guards what it relies on):
+    StockOverrides,
+    PendingReasonReports,
+    MetricsService,
+    SlurmBackendSettings,
 ):
     """Run each Dask cluster as SLURM jobs (one scheduler job, one job per worker)
     submitted as the cluster's user through ``sudo``."""
@@ -98,6 +108,10 @@ class SlurmBackend(
             period, self._sweep_orphans, "sweeping orphan jobs", first_at_start=True
         )
         self.task_pool.spawn(sweep)
+        self._releasing: set[str] = set()  # users whose held workers are being submitted
+        self.task_pool.spawn(
+            self._every(self.held_retry_period, self.release_all_held, "submitting held workers")
+        )
         # Everything above is set before the first await: reconcilers may already be running.
         if self.use_job_arrays:
             self._worker_submissions.max_batch = await self._array_limit()
@@ -210,7 +224,10 @@ class SlurmBackend(
         for info in self.tracker.take_ended():
             owner = self.owners.get(info.job_id)
             cluster = self.db.get_cluster(owner.cluster) if owner else None
-            if cluster is None or cluster.target > JobStatus.RUNNING:
+            if cluster is None:
+                continue
+            self.release_held_soon(cluster.username)  # SLURM may take more of their jobs now
+            if cluster.target > JobStatus.RUNNING:
                 continue
             if owner.worker is None:
                 # A running cluster would otherwise only be noticed when heartbeats stop.
@@ -320,51 +337,6 @@ class SlurmBackend(
 
     # -- workers ---------------------------------------------------------------------------
 
-    async def do_start_worker(self, worker: Worker) -> AsyncIterator[dict]:
-        # Workers started together (scale(n), adaptive growth) leave as one job array.
-        job_id = await self._worker_submissions.add(worker.cluster.name, worker)
-        yield {"job_id": job_id}
-
-    async def _submit_workers(self, cluster_name: str, workers: list) -> list[str]:
-        cluster = workers[0].cluster
-        try:
-            try:
-                job_ids = await self._submit_worker_jobs(cluster, workers)
-            except SlurmError as exc:
-                if len(workers) == 1 or "array" not in str(exc).lower():
-                    raise
-                self.log.warning("Job arrays refused (%s); submitting single jobs", exc)
-                job_ids = [
-                    job_id
-                    for worker in workers
-                    for job_id in await self._submit_worker_jobs(cluster, [worker])
-                ]
-        except Exception as exc:
-            self.record_worker_failure(cluster, f"{len(workers)} worker(s) not submitted: {exc}")
-            raise
-        self.log.info(
-            "Cluster %s: %d worker(s) submitted as job %s",
-            cluster.name,
-            len(workers),
-            job_ids[0].split("_")[0],
-        )
-        return job_ids
-
-    async def _submit_worker_jobs(self, cluster, workers: list) -> list[str]:
-        script = self._job_script(cluster, "worker", cluster.state["log_directory"], workers)
-        job_ids = await self._submit(cluster, script, len(workers))
-        # Tracked at once, so that the orphan check never takes them for strays.
-        for worker, job_id in zip(workers, job_ids, strict=True):
-            self._track(job_id, cluster, worker)
-        return job_ids
-
-    def _cancel_unclaimed(self, cluster_name: str, job_id: str):
-        # The worker's start was abandoned (timed out) while its job was being submitted.
-        cluster = self.db.get_cluster(cluster_name)
-        if cluster is not None:
-            self.log.info("Cancelling job %s of an abandoned worker start", job_id)
-            self.task_pool.spawn(self._cancellations.add(cluster.username, job_id))
-
     async def do_stop_worker(self, worker: Worker) -> None:
         job_id = worker.state.get("job_id")
         if not job_id:
@@ -376,6 +348,7 @@ class SlurmBackend(
             await self._cancellations.add(worker.cluster.username, job_id)
         finally:
             self._forget([job_id])
+        self.release_held_soon(worker.cluster.username)
 
     def record_worker_failure(self, cluster: Cluster, text: str) -> None:
         """Keep a worker's failure as the cluster's latest (shown if the cluster fails)."""

@@ -260,6 +260,15 @@ class SlurmBackendSettings(DBBackendBase):
         config=True,
     )
 
+    held_retry_period = Float(
+        30,
+        min=1,
+        help="""Seconds between attempts to submit workers held in the gateway because SLURM
+        refused more of the user's jobs (a QOS's or association's MaxSubmitJobs). They are
+        also tried as soon as jobs of that user end.""",
+        config=True,
+    )
+
     batch_window = Float(
         0.02,
         min=0,

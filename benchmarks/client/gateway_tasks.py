@@ -119,20 +119,67 @@ def _timed_shutdown(gw: Clusters, cluster: GatewayCluster, base: int) -> dict:
     }
 
 
-def gw_scale_shutdown(address: str, options: dict, n: int) -> dict:
-    """Scenarios 2 and 4: scale(n) until n worker jobs are in squeue, then shutdown()
-    until the user's queue is empty."""
+def gw_scale_shutdown(address: str, options: dict, n: int, bound: float = 180) -> dict:
+    """Scenarios 2, 4 and 9: scale(n) until n worker jobs are in squeue (at most ``bound``
+    seconds), then shutdown() until the user's queue is empty."""
     with Clusters(address) as gw:
         cluster = gw.new(options)
         base = queued() or 0
         t0 = time.perf_counter()
         cluster.scale(n)
         call = time.perf_counter() - t0
-        scaled, seen = wait_queued(t0, lambda q: q >= base + n, 180)
+        scaled, seen = wait_queued(t0, lambda q: q >= base + n, bound)
         if scaled is None:
-            raise RuntimeError(f"only {seen - base} of {n} workers reached squeue in 180 s")
+            raise RuntimeError(f"only {seen - base} of {n} workers reached squeue in {bound} s")
         shutdown = _timed_shutdown(gw, cluster, base)
     return {"scale_call": call, "scale": scaled, **shutdown, "scheduler_jobs": base}
+
+
+def gw_submit_limit(address: str, options: dict, n: int, limit: int, fewer: int) -> dict:
+    """Scenario 10, under a QOS of ``limit`` submitted jobs: scale(n), until ``limit`` jobs
+    are queued (the rest held in the gateway) and the reason the user reads; then
+    scale(n - fewer): when ``fewer`` jobs have left the queue, and when held workers have
+    taken their places."""
+    with Clusters(address) as gw:
+        cluster = gw.new(options)
+        t0 = time.perf_counter()
+        cluster.scale(n)
+        at_limit, seen = wait_queued(t0, lambda q: q >= limit, 60)
+        if at_limit is None:
+            raise RuntimeError(f"only {seen} of the {limit} jobs the QOS allows were queued")
+        time.sleep(2)  # nothing more goes out
+        queued_at_limit = queued()
+        reason = gw.gateway.get_cluster(cluster.name).options.get("pending_reason")
+        t1 = time.perf_counter()
+        cluster.scale(n - fewer)
+        ended, refilled, last = _drop_and_refill(t1, limit, 90)
+        result = {
+            "to_limit": at_limit,
+            "queued": queued_at_limit,
+            "held": n + 1 - queued_at_limit,  # + 1: the scheduler's job
+            "pending_reason": reason,
+            "ended": ended,
+            "refilled": refilled,
+            "held_out_after_end": refilled - ended if refilled and ended else None,
+            "queued_after": last,
+        }
+        shutdown = _timed_shutdown(gw, cluster, 0)
+    return {**result, **shutdown}
+
+
+def _drop_and_refill(t0: float, limit: int, timeout: float) -> tuple:
+    """Seconds from ``t0`` until fewer than ``limit`` jobs were queued, until ``limit`` were
+    again, and the last number seen."""
+    ended = refilled = last = None
+    while refilled is None and time.perf_counter() - t0 < timeout:
+        last = queued()
+        now = time.perf_counter() - t0
+        if last is not None and last < limit and ended is None:
+            ended = now
+        elif last is not None and last >= limit and ended is not None:
+            refilled = now
+        time.sleep(0.01)
+    return ended, refilled, last
 
 
 def _percentile(values: list[float], q: float) -> float:

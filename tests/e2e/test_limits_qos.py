@@ -1,0 +1,98 @@
+"""Past SLURM's limits (issue 13): scale(2000) leaves as arrays within MaxArraySize, all in
+the queue within seconds; under a QOS's MaxSubmitJobsPerUser the gateway submits what fits,
+holds the rest, tells the user why in the cluster's report, and submits them as jobs end."""
+
+from __future__ import annotations
+
+import time
+from collections import Counter
+
+from conftest import run, wait_until
+
+from harness.slurm import submit_limit
+
+QOS_LIMIT = 50
+# Worker jobs stay queued (held by SLURM): what is measured is submission, not dask.
+HELD_WORKERS = 'c.SlurmClusterConfig.worker_extra_directives = ["--hold"]\n'
+
+
+def queued_tasks(user: str) -> list[str]:
+    """The user's queued or running jobs, one line per array task."""
+    out = run(["squeue", "-h", "--array", "-u", user, "-o", "%i"])
+    assert out.returncode == 0, out.stderr
+    return out.stdout.split()
+
+
+def test_scale_2000_is_in_the_queue_within_5_s_as_arrays(as_user, make_gateway):
+    gw = make_gateway(HELD_WORKERS + "c.SlurmClusterConfig.cluster_max_workers = 2000\n")
+    made = as_user(
+        "alice",
+        """
+        cluster = Gateway().new_cluster(shutdown_on_close=False, worker_memory=0.5)
+        called = time.time()
+        cluster.scale(2000)
+        report(name=cluster.name, called=called)
+        """,
+        via=gw,
+    )
+    try:
+        all_there = wait_until(lambda: len(queued_tasks("alice")) >= 2001, 30, interval=0.1)
+        elapsed = time.time() - made["called"]
+        tasks = queued_tasks("alice")
+        arrays = Counter(t.split("_")[0] for t in tasks if "_" in t)
+        assert all_there and len(tasks) == 2001, len(tasks)
+        assert elapsed < 5, f"2000 workers in the queue {elapsed:.1f} s after scale()"
+        # Arrays within MaxArraySize (1001 on the dev cluster), not one job per worker.
+        assert max(arrays.values()) <= 1000 and 2 <= len(arrays) <= 20, arrays
+    finally:
+        as_user("alice", f"Gateway().stop_cluster({made['name']!r}); report()", via=gw)
+
+
+def test_a_qos_submit_limit_holds_workers_in_the_gateway_until_jobs_end(as_user, make_gateway):
+    gw = make_gateway(HELD_WORKERS + "c.SlurmBackend.held_retry_period = 600\n")
+    with submit_limit("bob", QOS_LIMIT):
+        name = as_user(
+            "bob",
+            """
+            cluster = Gateway().new_cluster(shutdown_on_close=False, worker_memory=0.5)
+            cluster.scale(80)
+            report(name=cluster.name)
+            """,
+            via=gw,
+        )["name"]
+        try:
+            held_and_released(as_user, gw, name)
+        finally:
+            as_user("bob", f"Gateway().stop_cluster({name!r}); report()", via=gw)
+            assert wait_until(lambda: not queued_tasks("bob"), 60), queued_tasks("bob")
+
+
+def held_and_released(as_user, gw, name: str) -> None:
+    # The scheduler's job and 49 workers' fit; 31 workers wait in the gateway.
+    assert wait_until(lambda: len(queued_tasks("bob")) == QOS_LIMIT, 30), queued_tasks("bob")
+    time.sleep(2)
+    assert len(queued_tasks("bob")) == QOS_LIMIT
+    reasons = as_user("bob", f"""
+        gateway = Gateway()
+        report(
+            get=gateway.get_cluster({name!r}).options.get("pending_reason"),
+            listed=[c.options.get("pending_reason") for c in gateway.list_clusters()],
+        )
+        """, via=gw)  # fmt: skip
+    assert reasons["get"] == (
+        "31 workers wait in the gateway: SLURM refused more jobs "
+        "(QOSMaxSubmitJobPerUserLimit); they are submitted as your jobs end"
+    ), reasons
+    assert reasons["listed"] == [reasons["get"]]
+
+    # Ten fewer workers: ten of the queued jobs end, and ten held workers take their place.
+    before = set(queued_tasks("bob"))
+    as_user("bob", f"Gateway().connect({name!r}).scale(70); report()", via=gw)
+    replaced = wait_until(
+        lambda: len(set(queued_tasks("bob")) - before) == 10 and queued_tasks("bob"), 60
+    )
+    assert replaced and len(replaced) == QOS_LIMIT, queued_tasks("bob")
+    reason = as_user(
+        "bob", f"report(r=Gateway().get_cluster({name!r}).options.get('pending_reason'))", via=gw
+    )["r"]
+    assert reason.startswith("21 workers wait in the gateway"), reason

@@ -1,0 +1,238 @@
+"""Submitting within SLURM's limits: refusals classified, refused arrays halved until a
+part fits, the rest held in the gateway and released first; the reason in the report."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+import dask_gateway_server
+from cryptography.fernet import Fernet
+from dask_gateway_server.backends.db_base import DataManager, JobStatus
+
+from slurm_gateway import cluster_reports
+from slurm_gateway.backend import SlurmBackend
+from slurm_gateway.cluster_reports import PendingReasonReports, report_problems, with_pending_reason
+from slurm_gateway.jobs import SlurmError
+from slurm_gateway.submit_limits import (
+    Refusal,
+    SubmitPlan,
+    classify_refusal,
+    is_held,
+    limit_name,
+    pending_reason,
+)
+from slurm_gateway.worker_submission import WorkerSubmission, held_workers
+
+POLICY = (
+    "Batch job submission failed: Job violates accounting/QOS policy "
+    "(job submit limit, user's size and/or time limits)"
+)
+QOS_REFUSAL = f"sbatch: error: QOSMaxSubmitJobPerUserLimit\nsbatch: error: {POLICY}"
+
+
+def test_refusals_for_too_many_jobs_are_submit_limits_and_others_are_not():
+    assert classify_refusal(QOS_REFUSAL) is Refusal.SUBMIT_LIMIT
+    assert classify_refusal(f"sbatch: error: AssocMaxSubmitJobLimit\n{POLICY}") is (
+        Refusal.SUBMIT_LIMIT
+    )
+    assert classify_refusal(f"sbatch: error: AssocGrpSubmitJobsLimit\n{POLICY}") is (
+        Refusal.SUBMIT_LIMIT
+    )
+    assert classify_refusal(POLICY) is Refusal.SUBMIT_LIMIT
+    # A wall-time limit is the same generic message: fewer jobs would not help.
+    assert classify_refusal(f"sbatch: error: QOSMaxWallDurationPerJobLimit\n{POLICY}") is (
+        Refusal.OTHER
+    )
+    assert classify_refusal("Batch job submission failed: Invalid job array specification") is (
+        Refusal.ARRAY_TOO_BIG
+    )
+    assert classify_refusal("Requested node configuration is not available") is Refusal.OTHER
+    assert limit_name(QOS_REFUSAL) == "QOSMaxSubmitJobPerUserLimit"
+    assert limit_name(POLICY) == "job submit limit"
+
+
+def fit(total: int, free: int) -> tuple[list[int], int]:
+    """The sizes tried by a plan against a limit of ``free`` more jobs; how many were held."""
+    plan, tried = SubmitPlan(total), []
+    while not plan.done:
+        size = plan.next_size()
+        tried.append(size)
+        if size <= free:
+            free -= size
+            plan.accepted(size)
+        else:
+            plan.refused()
+    return tried, plan.remaining
+
+
+def test_a_refused_array_is_halved_until_it_fits_and_what_never_fits_is_held():
+    tried, held = fit(80, 49)
+    assert held == 31
+    assert tried[:2] == [80, 40] and tried[-1] == 1
+    assert len(tried) <= 2 * 7  # a few calls, not one per worker
+    assert fit(80, 80) == ([80], 0)
+    assert fit(3, 0) == ([3, 1], 3)
+    assert fit(1, 0) == ([1], 1)
+
+
+def test_the_reason_says_how_many_wait_and_why():
+    assert pending_reason(31, "QOSMaxSubmitJobPerUserLimit") == (
+        "31 workers wait in the gateway: SLURM refused more jobs "
+        "(QOSMaxSubmitJobPerUserLimit); they are submitted as your jobs end"
+    )
+    assert pending_reason(1, "x").startswith("1 worker waits")
+    assert is_held({"held": True}) and not is_held({"job_id": "1"}) and not is_held({})
+
+
+class FakeSubmission(WorkerSubmission):
+    """The submission part of the backend against a SLURM that takes ``free`` more jobs."""
+
+    def __init__(self, data: DataManager, free: int):
+        self.db = data
+        self.free = free
+        self.calls: list[int] = []
+        self.tracked: dict[str, str] = {}
+        self.spawned: list = []
+        self._releasing: set[str] = set()
+        self.log = logging.getLogger("test")
+        self.task_pool = self
+        self.next_id = 100
+
+    def spawn(self, coroutine):
+        self.spawned.append(coroutine)
+        coroutine.close()
+
+    def _job_script(self, cluster, role, log_directory, workers):
+        return "script"
+
+    async def _submit(self, cluster, script, tasks):
+        self.calls.append(tasks)
+        if tasks > self.free:
+            raise SlurmError(f"SLURM refused the job: {QOS_REFUSAL}")
+        self.free -= tasks
+        self.next_id += 1
+        return [str(self.next_id)] if tasks == 1 else [f"{self.next_id}_{i}" for i in range(tasks)]
+
+    def _track(self, job_id, cluster, worker=None):
+        self.tracked[job_id] = worker.name
+
+    def _forget(self, job_ids):
+        for job_id in job_ids:
+            self.tracked.pop(job_id, None)
+
+    def _record(self, cluster, **state):
+        self.db.update_cluster(cluster, state={**cluster.state, **state})
+
+    def record_worker_failure(self, cluster, text):
+        raise AssertionError(text)
+
+
+async def start(backend: FakeSubmission, cluster, count: int) -> list:
+    """Start ``count`` workers as the stock code does (the state do_start_worker yields)."""
+    workers = [backend.db.create_worker(cluster) for _ in range(count)]
+    job_ids = await backend._submit_workers(cluster.name, workers)
+    for worker, job_id in zip(workers, job_ids, strict=True):
+        state = {"job_id": job_id} if job_id else {"held": True}
+        backend.db.update_worker(worker, state=state, status=JobStatus.SUBMITTED)
+    return workers
+
+
+def test_what_slurm_refuses_is_held_reported_and_submitted_first_when_jobs_end(tmp_path):
+    asyncio.run(_held_and_released(tmp_path))
+
+
+def test_a_worker_stopped_while_its_held_job_was_submitted_has_that_job_cancelled(tmp_path):
+    asyncio.run(_stopped_while_submitted(tmp_path))
+
+
+def database(tmp_path) -> DataManager:
+    return DataManager(url=f"sqlite:///{tmp_path}/s.sqlite", encrypt_keys=[Fernet.generate_key()])
+
+
+async def _held_and_released(tmp_path):
+    data = database(tmp_path)
+    cluster = data.create_cluster("carol", {"size": 1}, {})
+    data.update_cluster(cluster, state={"log_directory": "/logs"})
+    backend = FakeSubmission(data, free=49)
+
+    workers = await start(backend, cluster, 80)
+    assert sum(backend.calls) > 80  # some were refused
+    assert len(backend.tracked) == 49
+    assert held_workers(cluster) == workers[49:]
+    assert cluster.state["held_because"] == "QOSMaxSubmitJobPerUserLimit"
+    model = with_pending_reason(cluster.to_model(), cluster)
+    assert model.options["pending_reason"].startswith("31 workers wait in the gateway")
+    assert "pending_reason" not in cluster.options  # the record's own options are untouched
+
+    # A newer worker waits behind the held ones rather than overtaking them.
+    backend.calls.clear()
+    backend.free = 1
+    [newer] = await start(backend, cluster, 1)
+    assert backend.calls == [] and held_workers(cluster)[-1] is newer
+    assert backend.spawned  # and the held ones are tried
+
+    # Ten jobs end: ten held workers go out, oldest first; the rest stay held.
+    backend.free = 10
+    await backend._release_held("carol")
+    assert [w.state.get("job_id") is not None for w in workers[49:61]] == [True] * 10 + [False] * 2
+    assert len(held_workers(cluster)) == 22
+
+    # All fit: nothing held, no reason reported.
+    backend.free = 100
+    await backend._release_held("carol")
+    assert held_workers(cluster) == [] and cluster.state["held_because"] is None
+    assert "pending_reason" not in with_pending_reason(cluster.to_model(), cluster).options
+    assert len(backend.tracked) == 81
+
+
+async def _stopped_while_submitted(tmp_path):
+    data = database(tmp_path)
+    cluster = data.create_cluster("carol", {}, {})
+    data.update_cluster(cluster, state={"log_directory": "/logs"})
+    backend = FakeSubmission(data, free=0)
+    [worker] = await start(backend, cluster, 1)
+    backend.free = 1
+
+    async def stopped_meanwhile(cluster, workers):
+        data.update_worker(worker, target=JobStatus.STOPPED)
+        return await WorkerSubmission._submit_worker_jobs(backend, cluster, workers)
+
+    backend._submit_worker_jobs = stopped_meanwhile
+    backend._cancellations = type("C", (), {"add": staticmethod(lambda *a: asyncio.sleep(0))})
+    await backend._release_held("carol")
+    assert backend.tracked == {} and len(backend.spawned) == 1 and "job_id" not in worker.state
+
+
+def test_the_stock_report_methods_the_overrides_rely_on_are_unchanged():
+    problems = report_problems()
+    assert not problems, (
+        f"dask-gateway-server {dask_gateway_server.__version__} changed what "
+        f"slurm_gateway/cluster_reports.py relies on; review its overrides: {problems}"
+    )
+    for name in cluster_reports.OVERRIDDEN:
+        assert getattr(SlurmBackend, name) is getattr(PendingReasonReports, name), name
+
+
+def test_workers_held_while_held_ones_are_submitted_go_out_in_the_same_release(tmp_path):
+    asyncio.run(_held_meanwhile(tmp_path))
+
+
+async def _held_meanwhile(tmp_path):
+    data = database(tmp_path)
+    cluster = data.create_cluster("carol", {}, {})
+    data.update_cluster(cluster, state={"log_directory": "/logs"})
+    backend = FakeSubmission(data, free=0)
+    await start(backend, cluster, 3)
+    backend.free = 10
+    later = []
+
+    async def newer_held_meanwhile(cluster, workers):
+        if not later:
+            later.append(data.create_worker(cluster))
+            data.update_worker(later[0], state={"held": True}, status=JobStatus.SUBMITTED)
+        return await WorkerSubmission._submit_worker_jobs(backend, cluster, workers)
+
+    backend._submit_worker_jobs = newer_held_meanwhile
+    await backend._release_held("carol")
+    assert held_workers(cluster) == [] and "job_id" in later[0].state
