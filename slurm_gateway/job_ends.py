@@ -27,7 +27,9 @@ class JobEnds:
     """Watching the clusters' jobs for their end (see the module docstring)."""
 
     def add_job_end_route(self, app: web.Application) -> None:
-        app.router.add_post(JOB_END_ROUTE, job_end_handler(self.db.get_cluster, self.job_ended))
+        # Added before the stock setup makes the database: looked up at each request.
+        handler = job_end_handler(lambda name: self.db.get_cluster(name), self.job_ended)
+        app.router.add_post(JOB_END_ROUTE, handler)
 
     def start_watching(self) -> None:
         periods = PollPeriods(self.slurm_pending_period, self.slurm_sweep_period)
