@@ -112,6 +112,11 @@ ROWS = [
     Row("7. scale(100) to squeue, local sudo [s]", {"ours": "s7b/sudo/scale"}),
     Row("7. scale(100) to squeue, through SSH [s]", {"ours": "s7b/ssh/scale"}),
     Row("7. scale(100) SSH / local sudo", {"ours": ("s7b/ssh/scale", "s7b/sudo/scale")}),
+    Row("8. scheduler scancelled: FAILED seen, median [s]", _gateways("s8", "failed_median")),
+    Row(
+        "8. worker scancelled: replacement in squeue, median [s]",
+        _gateways("s8", "replaced_median"),
+    ),
 ]
 
 
