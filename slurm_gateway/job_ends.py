@@ -1,7 +1,8 @@
 """The backend's part that learns when jobs end: the poll loop that follows the
 :class:`~slurm_gateway.poll_plan.PollPlan`, the jobs' end reports
-(:mod:`~slurm_gateway.end_reports`), and what is done when a job is seen ending (the
-cluster of a dead scheduler fails with SLURM's facts, a dead worker is replaced).
+(:mod:`~slurm_gateway.end_reports`) and workers missing from the scheduler's heartbeat,
+and what is done when a job is seen ending (the cluster of a dead scheduler fails with
+SLURM's facts, a dead worker is replaced).
 
 The backend provides ``db``, ``queue``, ``log``, ``tracker``, ``owners``, ``task_pool``,
 ``stop_cluster`` and the settings ``slurm_pending_period`` and ``slurm_sweep_period``.
@@ -48,6 +49,24 @@ class JobEnds:
         self.poll_plan.forget(job_ids)
         for job_id in job_ids:
             self.reported_tails.pop(job_id, None)
+
+    async def on_cluster_heartbeat(self, cluster_name: str, msg: dict) -> None:
+        await super().on_cluster_heartbeat(cluster_name, msg)
+        # A running worker the scheduler no longer lists may have ended: ask SLURM.
+        cluster = self.db.get_cluster(cluster_name)
+        if cluster is None or cluster.target > JobStatus.RUNNING:
+            return
+        listed = set(msg.get("active_workers") or ()) | set(msg.get("closing_workers") or ())
+        missing = [
+            worker.state["job_id"]
+            for worker in cluster.workers.values()
+            if worker.status == JobStatus.RUNNING
+            and worker.target == JobStatus.RUNNING
+            and worker.name not in listed
+            and worker.state.get("job_id")
+        ]
+        if missing:
+            self.suspect(missing)
 
     async def job_ended(self, cluster: Cluster, report: EndReport) -> None:
         """A job of ``cluster`` says it ended: ask SLURM about it now."""

@@ -27,6 +27,9 @@ from .slurm import COMPLETING, JobInfo
 FOLLOW_UPS = (0.0, 1.0, 3.0, 7.0)
 #: Seconds between questions about a suspected job that SLURM is still ending.
 COMPLETING_PERIOD = 2.0
+#: Seconds after a suspicion during which the same job is not suspected again: a job a user
+#: keeps reporting, or a worker her scheduler keeps leaving out, costs slurmctld little.
+SUSPICION_COOLDOWN = 30.0
 
 
 @dataclass(frozen=True)
@@ -53,16 +56,20 @@ class PollPlan:
         self._next_sweep = now + periods.sweep
         self._next_pending = now + periods.pending
         self._follow_ups: dict[str, list[float]] = {}
+        self._suspected_at: dict[str, float] = {}
 
     def suspect(self, job_ids: Iterable[str], now: float) -> None:
-        """Ask about these jobs now and at the follow-ups (again from the start if they
-        were suspected already)."""
+        """Ask about these jobs now and at the follow-ups (not again within
+        :data:`SUSPICION_COOLDOWN` seconds)."""
         for job_id in job_ids:
-            self._follow_ups[job_id] = [now + delay for delay in FOLLOW_UPS]
+            if now - self._suspected_at.get(job_id, -SUSPICION_COOLDOWN) >= SUSPICION_COOLDOWN:
+                self._suspected_at[job_id] = now
+                self._follow_ups[job_id] = [now + delay for delay in FOLLOW_UPS]
 
     def forget(self, job_ids: Iterable[str]) -> None:
         for job_id in job_ids:
             self._follow_ups.pop(job_id, None)
+            self._suspected_at.pop(job_id, None)
 
     def next_round(self, now: float, jobs: Mapping[str, JobInfo]) -> PollRound:
         """The jobs to ask about now, among ``jobs`` (the open ones, with what SLURM last

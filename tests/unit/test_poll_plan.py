@@ -1,7 +1,13 @@
 """When SLURM is asked about which jobs: queued ones every pending period, suspected ones at
 once and at the follow-ups, every job at the sweep; running jobs nobody suspects never."""
 
-from slurm_gateway.poll_plan import COMPLETING_PERIOD, FOLLOW_UPS, PollPeriods, PollPlan
+from slurm_gateway.poll_plan import (
+    COMPLETING_PERIOD,
+    FOLLOW_UPS,
+    SUSPICION_COOLDOWN,
+    PollPeriods,
+    PollPlan,
+)
 from slurm_gateway.slurm import JobInfo
 
 PERIODS = PollPeriods(pending=5, sweep=120)
@@ -64,3 +70,14 @@ def test_forgotten_jobs_are_not_followed_up():
     plan.suspect(["1", "2"], now=0)
     plan.forget(["1"])
     assert plan.next_round(0, RUNNING).job_ids == ["2"]
+
+
+def test_a_job_suspected_again_soon_is_not_asked_about_again():
+    plan = PollPlan(PERIODS, now=0)
+    plan.suspect(["1"], now=0)
+    for delay in FOLLOW_UPS:
+        assert plan.next_round(delay, RUNNING).job_ids == ["1"]
+    plan.suspect(["1"], now=10)  # still running: e.g. a report forged by its own user
+    assert plan.next_round(10, RUNNING).job_ids == []
+    plan.suspect(["1"], now=SUSPICION_COOLDOWN)
+    assert plan.next_round(SUSPICION_COOLDOWN, RUNNING).job_ids == ["1"]
