@@ -4,7 +4,8 @@ The public backend API (``do_*`` hooks, ``DataManager`` methods) is used elsewhe
 and only here, the backend overrides private methods of ``DBBackendBase`` and writes to its
 ``workers`` table directly, each for a reason said where it is done:
 
-- ``on_cluster_heartbeat``: cap the worker count a scheduler asks for to the user's limits.
+- ``on_cluster_heartbeat``: cap the worker count a scheduler asks for to the user's limits;
+  then tell the backend (``heartbeat_heard``: workers it no longer lists are suspected).
 - ``_check_cluster_scale``: create a scale-up's worker records 100 per transaction, yielding
   in between (the stock method commits one by one without yielding: a ``scale(500)`` held
   every API request for over a second).
@@ -226,7 +227,7 @@ def create_workers(data: DataManager, cluster: Cluster, count: int) -> list[Work
 class StockOverrides:
     """The backend's overrides of ``DBBackendBase`` internals (see the module docstring).
     The backend provides ``allowed_worker_count``, ``job_info``, ``start_policy``,
-    ``record_worker_failure`` and ``metrics``."""
+    ``record_worker_failure``, ``heartbeat_heard`` and ``metrics``."""
 
     async def setup(self, app) -> None:
         await super().setup(app)
@@ -263,6 +264,8 @@ class StockOverrides:
                 )
             msg = {**msg, "count": count}
         await super().on_cluster_heartbeat(cluster_name, msg)
+        if cluster is not None:
+            self.heartbeat_heard(cluster, msg)
         if started and cluster.scheduler_address:  # its first heartbeat: the cluster started
             self.metrics.cluster_started(cluster.start_time)
 

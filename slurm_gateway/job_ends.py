@@ -50,11 +50,10 @@ class JobEnds:
         for job_id in job_ids:
             self.reported_tails.pop(job_id, None)
 
-    async def on_cluster_heartbeat(self, cluster_name: str, msg: dict) -> None:
-        await super().on_cluster_heartbeat(cluster_name, msg)
-        # A running worker the scheduler no longer lists may have ended: ask SLURM.
-        cluster = self.db.get_cluster(cluster_name)
-        if cluster is None or cluster.target > JobStatus.RUNNING:
+    def heartbeat_heard(self, cluster: Cluster, msg: dict) -> None:
+        """After the stock handling of a heartbeat: a running worker the scheduler no
+        longer lists may have ended, so SLURM is asked about it."""
+        if cluster.target > JobStatus.RUNNING:
             return
         listed = set(msg.get("active_workers") or ()) | set(msg.get("closing_workers") or ())
         missing = [
