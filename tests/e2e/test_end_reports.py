@@ -83,7 +83,7 @@ cluster.shutdown()
 
 
 def test_a_report_about_another_clusters_job_is_refused(as_user, gateway):
-    name = as_user("alice", "report(name=running_cluster(0))")["name"]
+    name = as_user("alice", "report(name=running_cluster(1))")["name"]
     try:
         [job_id] = jobs_of(name, "scheduler")
         bob = as_user("bob", FORGE.format(job_id=job_id))
