@@ -104,4 +104,4 @@ def test_the_sweep_catches_a_scheduler_killed_without_a_word(as_user, make_gatew
     assert seen["status"] == "FAILED", seen
     assert after < sweep + PROMPT, seen
     assert f"scheduler job {seen['job_id']}" in seen["error"], seen
-    assert "reports its end" not in gw.log.read_text()
+    assert f"scheduler job {seen['job_id']} reports its end" not in gw.log.read_text()
