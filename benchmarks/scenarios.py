@@ -158,7 +158,7 @@ def live_gateways(bench: Bench) -> None:
         if bench.wanted("s8"):
             log(f"scenario 8: scheduler and worker jobs scancelled from outside x {repeats}")
             for system, gateway, options in systems:
-                args = {"options": options, "repeats": repeats, "timeout": 90}
+                args = {"options": options, "repeats": repeats, "patience": 90}
                 bench.on_gateway("s8", system, gateway, "gw_scancel", 200 * repeats, **args)
 
 

@@ -24,9 +24,10 @@ from dask_gateway_server.backends.db_base import Cluster
 
 #: Largest body taken (the script sends at most 2000 bytes of log).
 MAX_BODY_BYTES = 8192
-#: Characters of log kept from a report, and lines of it put into a failure message.
+#: Characters of log kept from a report; its last line goes into a failure message, as the
+#: log's last line read as the user would.
 MAX_TAIL_CHARS = 2000
-MESSAGE_LINES = 3
+MESSAGE_LINES = 1
 MAX_MESSAGE_CHARS = 500
 ROLES = ("scheduler", "worker")
 _JOB_ID = re.compile(r"^\d{1,12}(_\d{1,9})?$")

@@ -270,7 +270,7 @@ def _scancel(job_id: str) -> None:
     subprocess.run([SCANCEL, job_id], capture_output=True, timeout=30, check=True)
 
 
-def gw_scancel(address: str, options: dict, repeats: int, timeout: float) -> dict:
+def gw_scancel(address: str, options: dict, repeats: int, patience: float) -> dict:
     """Scenario 8: a running cluster's scheduler job scancelled from outside: seconds until
     ``get_cluster`` says FAILED (and what ``connect`` raises); a worker job scancelled:
     seconds until its replacement is in squeue. ``repeats`` times each."""
@@ -287,14 +287,14 @@ def gw_scancel(address: str, options: dict, repeats: int, timeout: float) -> dic
             [worker] = _job_ids() - {scheduler}
             t0 = time.perf_counter()
             _scancel(worker)
-            while not _job_ids() - {scheduler, worker} and time.perf_counter() - t0 < timeout:
+            while not _job_ids() - {scheduler, worker} and time.perf_counter() - t0 < patience:
                 time.sleep(0.05)
             replaced.append(time.perf_counter() - t0 if _job_ids() - {scheduler, worker} else None)
             client.close()
             t0 = time.perf_counter()
             _scancel(scheduler)
             status = None
-            while time.perf_counter() - t0 < timeout:
+            while time.perf_counter() - t0 < patience:
                 status = gw.gateway.get_cluster(cluster.name).status.name
                 if status in ("FAILED", "STOPPED"):
                     break

@@ -2,6 +2,8 @@
 within seconds, with SLURM's facts; a report only concerns its own cluster's jobs; what
 cannot report (SIGKILL) is caught by the safety sweep."""
 
+import os
+import signal
 import time
 
 from conftest import jobs_of, run, wait_until
@@ -22,17 +24,34 @@ report(status=status, seen_at=time.time(), error=error_of(gateway.connect, {name
 """
 
 
-def _scheduler_killed(as_user, gw, signal_options: list[str], wait: float) -> tuple[dict, float]:
+def _scancel(job_id: str) -> None:
+    assert run(["scancel", job_id]).returncode == 0
+
+
+def _sigkill_everything(job_id: str) -> None:
+    """SIGKILL to every process of the job on its node (this host), the job script first:
+    as the OOM killer or a crashed node would, leaving nothing to report."""
+    out = run(["scontrol", "listpids", job_id])
+    pids = sorted(int(line.split()[0]) for line in out.stdout.splitlines()[1:] if line.strip())
+    assert pids, out
+    for pid in pids:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+
+
+def _scheduler_killed(as_user, gw, kill, wait: float) -> tuple[dict, float]:
     name = as_user("alice", "report(name=running_cluster(1))", via=gw)["name"]
     [job_id] = jobs_of(name, "scheduler")
     killed_at = time.time()
-    assert run(["scancel", *signal_options, job_id]).returncode == 0
+    kill(job_id)
     seen = as_user("alice", STATUS_AND_ERROR.format(name=name, wait=wait), via=gw)
     return {**seen, "job_id": job_id}, seen["seen_at"] - killed_at
 
 
 def test_scancelled_scheduler_fails_its_cluster_with_slurms_reason_at_once(as_user, gateway):
-    seen, after = _scheduler_killed(as_user, gateway, [], 30)
+    seen, after = _scheduler_killed(as_user, gateway, _scancel, 30)
     assert seen["status"] == "FAILED", seen
     assert after < PROMPT, seen
     assert f"scheduler job {seen['job_id']}" in seen["error"], seen
@@ -45,7 +64,7 @@ def test_scancelled_worker_is_replaced_at_once(as_user, gateway):
     try:
         [worker_job] = jobs_of(name, "worker")
         killed_at = time.monotonic()
-        assert run(["scancel", worker_job]).returncode == 0
+        _scancel(worker_job)
         assert wait_until(lambda: set(jobs_of(name, "worker")) - {worker_job}, PROMPT), jobs_of(
             name, "worker"
         )
@@ -100,7 +119,7 @@ def test_the_sweep_catches_a_scheduler_killed_without_a_word(as_user, make_gatew
     # SIGKILL to every process of the job, the job script included: nothing can report.
     sweep = 3
     gw = make_gateway(f"c.SlurmBackend.slurm_sweep_period = {sweep}\n")
-    seen, after = _scheduler_killed(as_user, gw, ["--signal=KILL", "--full"], 30)
+    seen, after = _scheduler_killed(as_user, gw, _sigkill_everything, 30)
     assert seen["status"] == "FAILED", seen
     assert after < sweep + PROMPT, seen
     assert f"scheduler job {seen['job_id']}" in seen["error"], seen
