@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import statistics
 import subprocess
 import threading
@@ -12,7 +11,7 @@ from typing import TYPE_CHECKING
 from urllib.parse import urlparse
 
 from orchestrator import checkpoint
-from user_queue import SCANCEL, SQUEUE, queued, wait_empty, wait_queued
+from user_queue import SCANCEL, SQUEUE, USER, queued, wait_empty, wait_queued
 
 if TYPE_CHECKING:
     from dask_gateway import Gateway, GatewayCluster
@@ -257,11 +256,10 @@ def gw_idle_clusters(address: str, options: dict, steps: list[int], workers: int
 def _job_ids() -> set[str]:
     """The benchmark user's job ids in squeue (array tasks one by one)."""
     out = subprocess.run(
-        [SQUEUE, "--noheader", "--array", "--format=%i"],
+        [SQUEUE, "--noheader", "--array", f"--user={USER}", "--format=%i"],
         capture_output=True,
         text=True,
         timeout=30,
-        env={**os.environ, "SQUEUE_USERS": os.environ["USER"]},
     )
     return set(out.stdout.split()) if out.returncode == 0 else set()
 
