@@ -2,9 +2,11 @@
 within seconds, with SLURM's facts; a report only concerns its own cluster's jobs; what
 cannot report (SIGKILL) is caught by the safety sweep."""
 
+import glob
 import os
 import signal
 import time
+from pathlib import Path
 
 from conftest import jobs_of, run, wait_until
 
@@ -29,16 +31,16 @@ def _scancel(job_id: str) -> None:
 
 
 def _sigkill_everything(job_id: str) -> None:
-    """SIGKILL to every process of the job on its node (this host), the job script first:
-    as the OOM killer or a crashed node would, leaving nothing to report."""
-    out = run(["scontrol", "listpids", job_id])
-    pids = sorted(int(line.split()[0]) for line in out.stdout.splitlines()[1:] if line.strip())
-    assert pids, out
-    for pid in pids:
-        try:
-            os.kill(pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
+    """SIGKILL to every process of the job's script on its node (this host), as the OOM
+    killer or a lost node would: frozen first (the cgroup v1 freezer SLURM made for the
+    step), so that none of them can run an exit trap before all of them are killed."""
+    [step] = glob.glob(f"/sys/fs/cgroup/freezer/slurm_*/uid_*/job_{job_id}/step_batch")
+    Path(step, "freezer.state").write_text("FROZEN\n")
+    try:
+        for pid in Path(step, "cgroup.procs").read_text().split():
+            os.kill(int(pid), signal.SIGKILL)
+    finally:
+        Path(step, "freezer.state").write_text("THAWED\n")
 
 
 def _scheduler_killed(as_user, gw, kill, wait: float) -> tuple[dict, float]:
