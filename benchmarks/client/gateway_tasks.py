@@ -277,17 +277,20 @@ def gw_scancel(address: str, options: dict, repeats: int, patience: float) -> di
         for _ in range(repeats):
             if not wait_empty():
                 raise RuntimeError("jobs of the previous cluster did not leave the queue")
+            # Jobs of the previous round may still be ending: only new ids count.
+            before = _job_ids()
             cluster = gw.new(options)
-            [scheduler] = _job_ids()
+            [scheduler] = _job_ids() - before
             client = cluster.get_client()
             cluster.scale(1)
             client.wait_for_workers(1, timeout=120)
-            [worker] = _job_ids() - {scheduler}
+            [worker] = _job_ids() - before - {scheduler}
+            known = before | {scheduler, worker}
             t0 = time.perf_counter()
             _scancel(worker)
-            while not _job_ids() - {scheduler, worker} and time.perf_counter() - t0 < patience:
+            while not _job_ids() - known and time.perf_counter() - t0 < patience:
                 time.sleep(0.05)
-            replaced.append(time.perf_counter() - t0 if _job_ids() - {scheduler, worker} else None)
+            replaced.append(time.perf_counter() - t0 if _job_ids() - known else None)
             client.close()
             t0 = time.perf_counter()
             _scancel(scheduler)
