@@ -123,6 +123,11 @@ ROWS = [
     Row("7. scale(100) to squeue, local sudo [s]", {"ours": "s7b/sudo/scale"}),
     Row("7. scale(100) to squeue, through SSH [s]", {"ours": "s7b/ssh/scale"}),
     Row("7. scale(100) SSH / local sudo", {"ours": ("s7b/ssh/scale", "s7b/sudo/scale")}),
+    Row("8. scheduler scancelled: FAILED seen, median [s]", _gateways("s8", "failed_median")),
+    Row(
+        "8. worker scancelled: replacement in squeue, median [s]",
+        _gateways("s8", "replaced_median"),
+    ),
     Row("9. scale(2000) to squeue [s]", _gateways("s9", "scale")),
     Row("9. scale(2000) shutdown to empty queue [s]", {"ours": "s9/ours/shutdown"}),
     Row("10. QOS 50, scale(80): jobs queued", {"ours": "s10/ours/queued"}),

@@ -27,7 +27,7 @@ from benchmarks.observers import environment_facts, measure_rpcs
 from harness.processes import HarnessError, run
 from harness.slurm import cancel_user_jobs, submit_limit
 
-SCENARIOS = ("floor", "s1", "s2", "s3", "s5", "s6", "s7", "s9", "s10")
+SCENARIOS = ("floor", "s1", "s2", "s3", "s5", "s6", "s7", "s8", "s9", "s10")
 OURS_OPTIONS = {"worker_cores": 1, "worker_memory": 0.5}
 
 
@@ -136,7 +136,7 @@ def floor(bench: Bench) -> None:
 
 
 def live_gateways(bench: Bench) -> None:
-    """Scenarios 1 and 3: workers start."""
+    """Scenarios 1, 3 and 8: workers start."""
     ours, stock = bench.gateway("ours-live"), bench.gateway("stock-live")
     systems = (("ours", ours, OURS_OPTIONS), ("stock", stock, {}))
     repeats = bench.args.repeats
@@ -160,6 +160,11 @@ def live_gateways(bench: Bench) -> None:
             for system, gateway, options in systems:
                 bench.on_gateway("s3", system, gateway, "gw_scale_wait", 400, options=options, n=16)
             bench.task("s3", "jobqueue", "jq_scale_wait", {"args": bench.jq_args(), "n": 16}, 400)
+        if bench.wanted("s8"):
+            log(f"scenario 8: scheduler and worker jobs scancelled from outside x {repeats}")
+            for system, gateway, options in systems:
+                args = {"options": options, "repeats": repeats, "patience": 90}
+                bench.on_gateway("s8", system, gateway, "gw_scancel", 200 * repeats, **args)
 
 
 def ours_held(bench: Bench) -> None:
@@ -274,7 +279,7 @@ def past_limits(bench: Bench) -> None:
 #: The phases in order, each with the scenarios that need it.
 PHASES: list[tuple[tuple[str, ...], Callable[[Bench], None]]] = [
     (("floor",), floor),
-    (("s1", "s3"), live_gateways),
+    (("s1", "s3", "s8"), live_gateways),
     (("s2", "s5", "s6"), ours_held),
     (("s2", "s5"), stock_held),
     (("s2",), jobqueue_held),

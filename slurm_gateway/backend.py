@@ -4,8 +4,9 @@ Each cluster is one scheduler job and one job per worker (workers started togeth
 as one job array), submitted as the cluster's user through the command runner. What is
 decided lives elsewhere: options (``user_options``), limits (``admission``), job scripts
 (``jobspec``, ``rendering``), submitting and ending jobs (``jobs``), workers within SLURM's
-submit limits (``worker_submission``, ``submit_limits``, ``cluster_reports``), SLURM's view of them
-(``tracker``), ownership and orphans (``ownership``), timeouts and failure messages
+submit limits (``worker_submission``, ``submit_limits``, ``cluster_reports``), SLURM's view of
+them (``tracker``), when to ask it and jobs' end reports (``poll_plan``, ``job_ends``,
+``end_reports``), ownership and orphans (``ownership``), timeouts and failure messages
 (``lifecycle``), user files (``as_user``), HTTP (``api``), health, metrics (``metrics_service``),
 the admin socket (``admin``), overrides of dask-gateway-server internals (``dgs_compat``).
 """
@@ -34,6 +35,7 @@ from .cluster_reports import PendingReasonReports
 from .dgs_compat import StockOverrides, answer_health_with
 from .health import HealthMonitor
 from .identity import user_problem
+from .job_ends import JobEnds
 from .jobs import JobControl, SlurmError
 from .jobspec import JobScripts, user_log_directory
 from .lifecycle import ClusterFacts, cluster_failure, is_alive, start_failure, with_last_log_line
@@ -41,14 +43,7 @@ from .metrics_service import MetricsService
 from .ownership import JobOwners, OrphanSweep, Owner
 from .rendering import template_environment
 from .settings import SlurmBackendSettings
-from .slurm import (
-    COMPLETED,
-    NOT_THE_JOBS_FAULT,
-    UNKNOWN,
-    JobInfo,
-    describe_job,
-    parse_max_array_size,
-)
+from .slurm import COMPLETED, UNKNOWN, JobInfo, describe_job, parse_max_array_size
 from .state import ensure_private_directory
 from .tracker import JobTracker
 from .worker_submission import WorkerSubmission
@@ -64,6 +59,7 @@ class SlurmBackend(
     AdminChannel,
     ClusterAdmission,
     WorkerSubmission,
+    JobEnds,
     # Overrides of dask-gateway-server's methods (each module guards what it relies on):
     StockOverrides,
     PendingReasonReports,
@@ -83,6 +79,7 @@ class SlurmBackend(
         ensure_private_directory(Path(self.state_directory))
         app.middlewares.append(failure_reason_middleware(self._recorded_failure))
         app.middlewares.append(request_body_middleware)
+        self.add_job_end_route(app)
         await super().setup(app)
         answer_health_with(app, self.health.report)
         gc.freeze()  # the startup heap is never garbage; a full collection of it stalls 40 ms
@@ -102,7 +99,7 @@ class SlurmBackend(
         self.task_pool.spawn(self.health.run_forever())
         await self.start_metrics()
         self._track_active_clusters()
-        self.task_pool.spawn(self._every(self.slurm_poll_period, self._poll_slurm, "polling SLURM"))
+        self.start_watching()
         period = self.orphan_check_period
         sweep = self._every(
             period, self._sweep_orphans, "sweeping orphan jobs", first_at_start=True
@@ -174,7 +171,7 @@ class SlurmBackend(
         if not self.owners:
             return
         try:
-            await asyncio.wait_for(self._poll_slurm(), RECONCILE_AT_START_TIMEOUT)
+            await asyncio.wait_for(self.poll_slurm(), RECONCILE_AT_START_TIMEOUT)
         except Exception as exc:
             self.log.warning("Could not check the clusters' jobs in SLURM at start: %r", exc)
 
@@ -196,6 +193,7 @@ class SlurmBackend(
     def _forget(self, job_ids: list[str]):
         self.tracker.forget(job_ids)
         self.owners.remove(job_ids)
+        self.forget_watched(job_ids)
 
     def job_info(self, obj: Cluster | Worker) -> JobInfo | None:
         """What SLURM last said about a cluster's scheduler job or a worker's job."""
@@ -219,31 +217,6 @@ class SlurmBackend(
                 self.log.warning("Error while %s", what, exc_info=True)
             await asyncio.sleep(period)
 
-    async def _poll_slurm(self):
-        await self.tracker.poll()
-        for info in self.tracker.take_ended():
-            owner = self.owners.get(info.job_id)
-            cluster = self.db.get_cluster(owner.cluster) if owner else None
-            if cluster is None:
-                continue
-            self.release_held_soon(cluster.username)  # SLURM may take more of their jobs now
-            if cluster.target > JobStatus.RUNNING:
-                continue
-            if owner.worker is None:
-                # A running cluster would otherwise only be noticed when heartbeats stop.
-                self.log.info("Scheduler job %s of cluster %s ended", info.job_id, cluster.name)
-                await self.stop_cluster(cluster.name, failed=True)
-            elif info.state in NOT_THE_JOBS_FAULT:
-                worker = cluster.workers.get(owner.worker)
-                if worker is not None and worker.target == JobStatus.RUNNING:
-                    self.log.info(
-                        "Cluster %s: %s; replacing it (not counted as a failure)",
-                        cluster.name,
-                        describe_job("worker", info),
-                    )
-                    self.db.update_worker(worker, target=JobStatus.FAILED)
-                    self.queue.put(worker)
-
     async def _sweep_orphans(self):
         statuses = list(ClusterStatus)
         await self.orphans.sweep(
@@ -254,7 +227,7 @@ class SlurmBackend(
         return [is_alive(self.job_info(c)) for c in clusters]
 
     async def do_check_workers(self, workers: list[Worker]) -> list[bool]:
-        # Jobs that ended through no fault of their own are replaced by _poll_slurm instead,
+        # Jobs that ended through no fault of their own are replaced by poll_slurm instead,
         # so that they do not count against the cluster's failure limit.
         return [is_alive(self.job_info(w)) for w in workers]
 
@@ -279,6 +252,7 @@ class SlurmBackend(
             self.db.update_cluster(cluster, state={**state, "failure": failure})
             raise
         self._track(job_id, cluster)
+        self.suspect([job_id])  # a job that fails at once is known at once
         self.log.info(
             "Cluster %s of user %s: scheduler job %s submitted",
             cluster.name,
@@ -297,6 +271,7 @@ class SlurmBackend(
         if scheduler_job:
             job_ids.insert(0, scheduler_job)
         log_file = None
+        reported_tail = self.reported_tails.get(scheduler_job or "")
         if cluster.target == JobStatus.FAILED and "failure" not in cluster.state:
             # The SLURM facts are recorded before the job's log is read (as the user, which
             # can be slow): a restarted gateway never does that work again.
@@ -307,7 +282,9 @@ class SlurmBackend(
         finally:
             self._forget(job_ids)
         if log_file:
-            last_line = await self.as_user.last_log_line(cluster.username, log_file)
+            last_line = reported_tail or await self.as_user.last_log_line(
+                cluster.username, log_file
+            )
             if last_line:
                 self._record(
                     cluster, failure=with_last_log_line(cluster.state["failure"], last_line)
@@ -318,7 +295,7 @@ class SlurmBackend(
     async def _explain_failure(self, cluster) -> tuple[str, str | None]:
         job_id = cluster.state.get("job_id", "")
         if job_id:
-            await self.tracker.poll()
+            await self.tracker.poll([job_id])
         facts = ClusterFacts.of(cluster, self.worker_start_failure_limit)
         job = self.tracker.get(job_id) or JobInfo(job_id, state=UNKNOWN)
         self.count_failure(facts, job)

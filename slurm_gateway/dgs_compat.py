@@ -4,7 +4,8 @@ The public backend API (``do_*`` hooks, ``DataManager`` methods) is used elsewhe
 and only here, the backend overrides private methods of ``DBBackendBase`` and writes to its
 ``workers`` table directly, each for a reason said where it is done:
 
-- ``on_cluster_heartbeat``: cap the worker count a scheduler asks for to the user's limits.
+- ``on_cluster_heartbeat``: cap the worker count a scheduler asks for to the user's limits;
+  then tell the backend (``heartbeat_heard``: workers it no longer lists are suspected).
 - ``_check_timeouts``: a worker's start timeout counts from when SLURM started its job (the
   stock check counts queue wait, cancelling workers merely waiting in a busy queue).
 - The stock tables, for PostgreSQL (``db_url = "postgresql+psycopg://..."``): six columns
@@ -200,7 +201,7 @@ class StockOverrides(BulkWorkerOverrides):
     """The backend's overrides of ``DBBackendBase`` internals (see the module docstring;
     those of the bulk worker writes are inherited from ``worker_writes``).
     The backend provides ``allowed_worker_count``, ``job_info``, ``start_policy``,
-    ``record_worker_failure`` and ``metrics``."""
+    ``record_worker_failure``, ``heartbeat_heard`` and ``metrics``."""
 
     async def setup(self, app) -> None:
         await super().setup(app)
@@ -237,6 +238,8 @@ class StockOverrides(BulkWorkerOverrides):
                 )
             msg = {**msg, "count": count}
         await super().on_cluster_heartbeat(cluster_name, msg)
+        if cluster is not None:
+            self.heartbeat_heard(cluster, msg)
         if started and cluster.scheduler_address:  # its first heartbeat: the cluster started
             self.metrics.cluster_started(cluster.start_time)
 

@@ -65,12 +65,17 @@ class SlurmBackendSettings(DBBackendBase):
     )
 
     orphan_check_period = Float(
-        60,
         min=1,
         help="""Seconds between checks for orphan jobs: jobs bearing this gateway's marker
-        that no active cluster owns (e.g. submitted just before a crash). They are cancelled.""",
+        that no active cluster owns (e.g. submitted just before a crash). They are cancelled.
+        Default: ``slurm_sweep_period`` (one squeue each; orphans are rare and cost a slot,
+        not correctness).""",
         config=True,
     )
+
+    @default("orphan_check_period")
+    def _default_orphan_check_period(self):
+        return self.slurm_sweep_period
 
     cancel_grace_period = Float(
         10,
@@ -88,9 +93,35 @@ class SlurmBackendSettings(DBBackendBase):
     )
 
     slurm_poll_period = Float(
-        10,
+        60,
         min=0.5,
-        help="Seconds between polls of SLURM. Each poll is one squeue call for all jobs.",
+        help="""Seconds between checks that SLURM answers (``scontrol ping``, for
+        ``/api/health``) when the gateway had no other reason to ask it. The jobs themselves
+        are asked about as ``slurm_pending_period`` and ``slurm_sweep_period`` say, and when
+        they report their end. 60 s: a load balancer hears of a slurmctld outage within
+        about three minutes at the worst, for one cheap RPC a minute.""",
+        config=True,
+    )
+
+    slurm_pending_period = Float(
+        5,
+        min=0.5,
+        help="""Seconds between questions to SLURM about jobs still in the queue (one squeue
+        for all of them), until they run. A worker's start timeout counts from its job's
+        start, and queued schedulers show their pending reason to the user, so their start
+        must be seen promptly; queued jobs exist only while clusters start or scale, so this
+        costs nothing while clusters are idle.""",
+        config=True,
+    )
+
+    slurm_sweep_period = Float(
+        120,
+        min=1,
+        help="""Seconds between questions to SLURM about every job (one squeue): the safety
+        net for the ends that no job can report (SIGKILL, a node lost). Running jobs report
+        their own end and heartbeats say the scheduler lives, so this is seldom the way an
+        end is learnt; 120 s keeps an idle gateway far below one RPC a minute per cluster
+        (O(1) in the number of clusters and jobs).""",
         config=True,
     )
 
@@ -321,13 +352,15 @@ class SlurmBackendSettings(DBBackendBase):
         # reported with how long was waited, so check often enough for that to be close.
         return min(5.0, self.cluster_start_timeout / 4, self.cluster_heartbeat_timeout / 4)
 
+    # The stock status checks read what the gateway last learnt of SLURM (no RPC of their
+    # own): often, so that what a poll or end report learns is acted on promptly.
     @default("cluster_status_period")
     def _default_cluster_status_period(self):
-        return self.slurm_poll_period
+        return 1.0
 
     @default("worker_status_period")
     def _default_worker_status_period(self):
-        return self.slurm_poll_period
+        return 1.0
 
     # The base class passes this to dask for --host and the dashboard/api addresses.
     @property

@@ -1,4 +1,5 @@
-"""Job state tracking: one ``squeue`` call per poll for every job of every cluster.
+"""Job state tracking: one ``squeue`` call per poll, for every job of every cluster or for
+the few that :mod:`~slurm_gateway.poll_plan` says may have changed.
 
 The tracker keeps the last thing SLURM said about each job the gateway submitted.
 A poll runs a single ``squeue`` over the gateway's own jobs (selected by job id:
@@ -76,15 +77,18 @@ class JobTracker:
     def get(self, job_id: str) -> JobInfo | None:
         return self._jobs.get(job_id)
 
-    async def poll(self) -> None:
-        """Refresh every tracked job; jobs seen ending wait in :meth:`take_ended`.
+    def open_jobs(self) -> dict[str, JobInfo]:
+        """The tracked jobs whose final state is not known yet."""
+        return {j: info for j, info in self._jobs.items() if not info.accounted}
 
-        Without tracked jobs nothing is asked of SLURM."""
+    async def poll(self, only: Iterable[str] | None = None) -> None:
+        """Refresh every tracked job (or those of ``only``); jobs seen ending wait in
+        :meth:`take_ended`. Without such jobs nothing is asked of SLURM."""
         async with self._lock:
-            await self._poll()
+            await self._poll(None if only is None else set(only))
 
-    async def _poll(self) -> None:
-        open_ids = [j for j, info in self._jobs.items() if not info.accounted]
+    async def _poll(self, only: set[str] | None) -> None:
+        open_ids = [j for j in self.open_jobs() if only is None or j in only]
         if not open_ids:
             return
         result = await self._run(squeue_command(open_ids, self._squeue))

@@ -21,6 +21,7 @@ from gateway_tasks import (
     gw_scale_latency,
     gw_scale_shutdown,
     gw_scale_wait,
+    gw_scancel,
     gw_submit_limit,
 )
 from jobqueue_tasks import jq_new_cluster, jq_scale_shutdown, jq_scale_wait
@@ -33,6 +34,7 @@ TASKS = {
     "gw_scale_latency": gw_scale_latency,
     "gw_idle_clusters": gw_idle_clusters,
     "gw_submit_limit": gw_submit_limit,
+    "gw_scancel": gw_scancel,
     "jq_new_cluster": jq_new_cluster,
     "jq_scale_wait": jq_scale_wait,
     "jq_scale_shutdown": jq_scale_shutdown,

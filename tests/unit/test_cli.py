@@ -215,4 +215,7 @@ def test_generate_config_names_backend_options_as_admins_set_them():
     out = _cli("generate-config")
     assert "c.SlurmBackendSettings." not in out.stdout
     section = out.stdout.split("# SlurmBackend(", 1)[1]
-    assert "## Seconds between polls of SLURM." in section.split("# c.SlurmBackend.slurm_poll")[0]
+    assert (
+        "## Seconds between checks that SLURM answers"
+        in section.split("# c.SlurmBackend.slurm_poll")[0]
+    )

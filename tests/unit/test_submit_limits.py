@@ -93,6 +93,7 @@ class FakeSubmission(WorkerSubmission):
         self.free = free
         self.calls: list[int] = []
         self.tracked: dict[str, str] = {}
+        self.suspected: list[str] = []
         self.spawned: list = []
         self._releasing: set[str] = set()
         self.log = logging.getLogger("test")
@@ -116,6 +117,9 @@ class FakeSubmission(WorkerSubmission):
 
     def _track(self, job_id, cluster, worker=None):
         self.tracked[job_id] = worker.name
+
+    def suspect(self, job_ids):  # SLURM is asked about new jobs at once (job_ends)
+        self.suspected += job_ids
 
     def _forget(self, job_ids):
         for job_id in job_ids:

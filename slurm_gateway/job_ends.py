@@ -1,0 +1,129 @@
+"""The backend's part that learns when jobs end: the poll loop that follows the
+:class:`~slurm_gateway.poll_plan.PollPlan`, the jobs' end reports
+(:mod:`~slurm_gateway.end_reports`) and workers missing from the scheduler's heartbeat,
+and what is done when a job is seen ending (the cluster of a dead scheduler fails with
+SLURM's facts, a dead worker is replaced).
+
+The backend provides ``db``, ``queue``, ``log``, ``tracker``, ``owners``, ``task_pool``,
+``stop_cluster`` and the settings ``slurm_pending_period`` and ``slurm_sweep_period``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+from aiohttp import web
+from dask_gateway_server.backends.db_base import Cluster, JobStatus
+
+from .end_reports import EndReport, job_end_handler, tail_for_message
+from .poll_plan import PollPeriods, PollPlan
+from .slurm import NOT_THE_JOBS_FAULT, describe_job
+
+#: The route jobs report their end to (``DASK_GATEWAY_API_URL`` ends with ``/api``).
+JOB_END_ROUTE = "/api/v1/clusters/{cluster_name}/job-end"
+
+
+class JobEnds:
+    """Watching the clusters' jobs for their end (see the module docstring)."""
+
+    def add_job_end_route(self, app: web.Application) -> None:
+        # Added before the stock setup makes the database: looked up at each request.
+        handler = job_end_handler(lambda name: self.db.get_cluster(name), self.job_ended)
+        app.router.add_post(JOB_END_ROUTE, handler)
+
+    def start_watching(self) -> None:
+        periods = PollPeriods(self.slurm_pending_period, self.slurm_sweep_period)
+        self.poll_plan = PollPlan(periods, time.monotonic())
+        self._wake_watch = asyncio.Event()
+        #: What the jobs reported of their log at their end, by job id, until forgotten.
+        self.reported_tails: dict[str, str] = {}
+        self.task_pool.spawn(self._watch_forever())
+
+    def suspect(self, job_ids: list[str]) -> None:
+        """Ask SLURM about these jobs now and at the follow-ups."""
+        self.poll_plan.suspect(job_ids, time.monotonic())
+        self._wake_watch.set()
+
+    def forget_watched(self, job_ids: list[str]) -> None:
+        self.poll_plan.forget(job_ids)
+        for job_id in job_ids:
+            self.reported_tails.pop(job_id, None)
+
+    def heartbeat_heard(self, cluster: Cluster, msg: dict) -> None:
+        """After the stock handling of a heartbeat: a running worker the scheduler no
+        longer lists may have ended, so SLURM is asked about it."""
+        if cluster.target > JobStatus.RUNNING:
+            return
+        listed = set(msg.get("active_workers") or ()) | set(msg.get("closing_workers") or ())
+        missing = [
+            worker.state["job_id"]
+            for worker in cluster.workers.values()
+            if worker.status == JobStatus.RUNNING
+            and worker.target == JobStatus.RUNNING
+            and worker.name not in listed
+            and worker.state.get("job_id")
+        ]
+        if missing:
+            self.suspect(missing)
+
+    async def job_ended(self, cluster: Cluster, report: EndReport) -> None:
+        """A job of ``cluster`` says it ended: ask SLURM about it now."""
+        if self.tracker.get(report.job_id) is None:
+            return  # already forgotten: the gateway itself stopped it
+        self.log.info(
+            "Cluster %s: %s job %s reports its end (exit status %d%s)",
+            cluster.name,
+            report.role,
+            report.job_id,
+            report.exit_status,
+            ", asked to stop" if report.stop_asked else "",
+        )
+        self.reported_tails[report.job_id] = tail_for_message(report.log_tail)
+        self.suspect([report.job_id])
+
+    async def _watch_forever(self) -> None:
+        while True:
+            plan_round = self.poll_plan.next_round(time.monotonic(), self.tracker.open_jobs())
+            if plan_round.job_ids is None or plan_round.job_ids:
+                try:
+                    await self.poll_slurm(plan_round.job_ids)
+                except asyncio.CancelledError:
+                    raise
+                except Exception:
+                    self.log.warning("Error while polling SLURM", exc_info=True)
+            self._wake_watch.clear()
+            wake_at = self.poll_plan.wake_at(self.tracker.open_jobs())
+            try:
+                await asyncio.wait_for(
+                    self._wake_watch.wait(), max(0.0, wake_at - time.monotonic())
+                )
+            except TimeoutError:
+                pass
+
+    async def poll_slurm(self, only: list[str] | None = None) -> None:
+        """Ask SLURM about the tracked jobs (or ``only`` these), and act on their ends."""
+        await self.tracker.poll(only)
+        for info in self.tracker.take_ended():
+            owner = self.owners.get(info.job_id)
+            cluster = self.db.get_cluster(owner.cluster) if owner else None
+            if cluster is None:
+                continue
+            self.release_held_soon(cluster.username)  # SLURM may take more of their jobs now
+            if cluster.target > JobStatus.RUNNING:
+                continue
+            if owner.worker is None:
+                self.log.info("Scheduler job %s of cluster %s ended", info.job_id, cluster.name)
+                await self.stop_cluster(cluster.name, failed=True)
+                continue
+            worker = cluster.workers.get(owner.worker)
+            if worker is None or worker.target != JobStatus.RUNNING:
+                continue
+            # A worker that never connected is left to the stock start-failure check,
+            # which counts it against the cluster's limit; SLURM's own ends never count.
+            if info.state in NOT_THE_JOBS_FAULT or worker.status == JobStatus.RUNNING:
+                self.log.info(
+                    "Cluster %s: %s; replacing it", cluster.name, describe_job("worker", info)
+                )
+                self.db.update_worker(worker, target=JobStatus.FAILED)
+                self.queue.put(worker)

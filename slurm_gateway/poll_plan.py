@@ -1,0 +1,105 @@
+"""When to ask SLURM about which jobs: only when something can have changed.
+
+A running job that nobody suspects is not asked about: it tells the gateway itself when it
+ends (the job script's end report), and the scheduler's heartbeats say it lives. SLURM is
+asked about
+
+- jobs still queued, every ``pending`` period, until they run (their start time counts for
+  the workers' start timeouts, their pending reason for the users' error messages);
+- jobs suspected of ending (an end report, a worker gone from the scheduler's heartbeat, a
+  heartbeat overdue, a submission just made) at once and then :data:`FOLLOW_UPS` seconds
+  later until SLURM says how they ended (every :data:`COMPLETING_PERIOD` seconds while
+  SLURM is still ending them);
+- every job, every ``sweep`` period: the safety net for ends that cannot be reported
+  (SIGKILL, a node lost, the walltime reached while the gateway was away).
+
+Pure: the caller passes the time and SLURM's last word on each job, and asks SLURM.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+
+from .slurm import COMPLETING, JobInfo
+
+#: Seconds after a suspicion at which the job is asked about (until it is seen ended).
+FOLLOW_UPS = (0.0, 1.0, 3.0, 7.0)
+#: Seconds between questions about a suspected job that SLURM is still ending.
+COMPLETING_PERIOD = 2.0
+#: Seconds after a suspicion during which the same job is not suspected again: a job a user
+#: keeps reporting, or a worker her scheduler keeps leaving out, costs slurmctld little.
+SUSPICION_COOLDOWN = 30.0
+
+
+@dataclass(frozen=True)
+class PollPeriods:
+    """The settings: seconds between polls of queued jobs, and between safety sweeps."""
+
+    pending: float
+    sweep: float
+
+
+@dataclass(frozen=True)
+class PollRound:
+    """One decision: which jobs to ask about now (None: every job) and when to look again."""
+
+    job_ids: list[str] | None
+    wake_at: float
+
+
+class PollPlan:
+    """The follow-ups and periods, in a clock the caller gives (``time.monotonic()``)."""
+
+    def __init__(self, periods: PollPeriods, now: float):
+        self.periods = periods
+        self._next_sweep = now + periods.sweep
+        self._next_pending = now + periods.pending
+        self._follow_ups: dict[str, list[float]] = {}
+        self._suspected_at: dict[str, float] = {}
+
+    def suspect(self, job_ids: Iterable[str], now: float) -> None:
+        """Ask about these jobs now and at the follow-ups (not again within
+        :data:`SUSPICION_COOLDOWN` seconds)."""
+        for job_id in job_ids:
+            if now - self._suspected_at.get(job_id, -SUSPICION_COOLDOWN) >= SUSPICION_COOLDOWN:
+                self._suspected_at[job_id] = now
+                self._follow_ups[job_id] = [now + delay for delay in FOLLOW_UPS]
+
+    def forget(self, job_ids: Iterable[str]) -> None:
+        for job_id in job_ids:
+            self._follow_ups.pop(job_id, None)
+            self._suspected_at.pop(job_id, None)
+
+    def next_round(self, now: float, jobs: Mapping[str, JobInfo]) -> PollRound:
+        """The jobs to ask about now, among ``jobs`` (the open ones, with what SLURM last
+        said of them); their follow-ups are consumed."""
+        for job_id in [j for j in self._follow_ups if j not in jobs or jobs[j].is_terminal]:
+            del self._follow_ups[job_id]
+        if now >= self._next_sweep:
+            self._next_sweep = now + self.periods.sweep
+            self._next_pending = now + self.periods.pending
+            self._follow_ups = {
+                j: [t for t in times if t > now] for j, times in self._follow_ups.items()
+            }
+            return PollRound(None, self.wake_at(jobs))
+        due = set()
+        for job_id, times in self._follow_ups.items():
+            if times and times[0] <= now:
+                due.add(job_id)
+                times[:] = [t for t in times if t > now]
+                if not times and jobs[job_id].state == COMPLETING:
+                    times.append(now + COMPLETING_PERIOD)
+        if now >= self._next_pending:
+            self._next_pending = now + self.periods.pending
+            due.update(j for j, info in jobs.items() if info.is_queued)
+        self._follow_ups = {j: times for j, times in self._follow_ups.items() if times}
+        return PollRound(sorted(due), self.wake_at(jobs))
+
+    def wake_at(self, jobs: Mapping[str, JobInfo]) -> float:
+        """When the next round is due (the earliest of sweep, pending poll, follow-up)."""
+        times = [self._next_sweep]
+        if any(info.is_queued for info in jobs.values()):
+            times.append(self._next_pending)
+        times.extend(ts[0] for ts in self._follow_ups.values() if ts)
+        return min(times)

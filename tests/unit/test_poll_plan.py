@@ -1,0 +1,83 @@
+"""When SLURM is asked about which jobs: queued ones every pending period, suspected ones at
+once and at the follow-ups, every job at the sweep; running jobs nobody suspects never."""
+
+from slurm_gateway.poll_plan import (
+    COMPLETING_PERIOD,
+    FOLLOW_UPS,
+    SUSPICION_COOLDOWN,
+    PollPeriods,
+    PollPlan,
+)
+from slurm_gateway.slurm import JobInfo
+
+PERIODS = PollPeriods(pending=5, sweep=120)
+RUNNING = {"1": JobInfo("1", state="RUNNING"), "2": JobInfo("2", state="RUNNING")}
+
+
+def test_idle_running_jobs_are_asked_about_only_at_the_sweep():
+    plan = PollPlan(PERIODS, now=0)
+    asked = [plan.next_round(t, RUNNING).job_ids for t in range(0, 120, 5)]
+    assert all(ids == [] for ids in asked)
+    assert plan.wake_at(RUNNING) == 120
+    assert plan.next_round(120, RUNNING).job_ids is None  # every job
+    assert plan.next_round(121, RUNNING).job_ids == []
+
+
+def test_queued_jobs_are_asked_about_every_pending_period_until_they_run():
+    jobs = {**RUNNING, "3": JobInfo("3"), "4": JobInfo("4", state="PENDING")}
+    plan = PollPlan(PERIODS, now=0)
+    assert plan.wake_at(jobs) == 5
+    assert plan.next_round(4, jobs).job_ids == []
+    assert plan.next_round(5, jobs).job_ids == ["3", "4"]
+    assert plan.next_round(6, jobs).job_ids == []
+    assert plan.next_round(10, RUNNING).job_ids == []  # they run now
+    assert plan.wake_at(RUNNING) == 120
+
+
+def test_a_suspected_job_is_asked_about_at_once_then_at_the_follow_ups():
+    plan = PollPlan(PERIODS, now=0)
+    plan.suspect(["2"], now=10)
+    asked = []
+    for tenth in range(100, 200):
+        now = tenth / 10
+        if plan.wake_at(RUNNING) <= now:
+            asked.append((now, plan.next_round(now, RUNNING).job_ids))
+    assert asked == [(10 + delay, ["2"]) for delay in FOLLOW_UPS]
+
+
+def test_a_suspected_job_is_no_longer_asked_about_once_seen_ended():
+    plan = PollPlan(PERIODS, now=0)
+    plan.suspect(["1"], now=0)
+    assert plan.next_round(0, RUNNING).job_ids == ["1"]
+    ended = {**RUNNING, "1": JobInfo("1", state="CANCELLED")}
+    assert plan.next_round(1, ended).job_ids == []
+    assert plan.wake_at(ended) == 120
+
+
+def test_a_job_still_completing_after_the_follow_ups_is_asked_about_every_two_seconds():
+    completing = {"1": JobInfo("1", state="COMPLETING")}
+    plan = PollPlan(PERIODS, now=0)
+    plan.suspect(["1"], now=0)
+    for delay in FOLLOW_UPS:
+        assert plan.next_round(delay, completing).job_ids == ["1"]
+    last = FOLLOW_UPS[-1]
+    assert plan.wake_at(completing) == last + COMPLETING_PERIOD
+    assert plan.next_round(last + COMPLETING_PERIOD, completing).job_ids == ["1"]
+
+
+def test_forgotten_jobs_are_not_followed_up():
+    plan = PollPlan(PERIODS, now=0)
+    plan.suspect(["1", "2"], now=0)
+    plan.forget(["1"])
+    assert plan.next_round(0, RUNNING).job_ids == ["2"]
+
+
+def test_a_job_suspected_again_soon_is_not_asked_about_again():
+    plan = PollPlan(PERIODS, now=0)
+    plan.suspect(["1"], now=0)
+    for delay in FOLLOW_UPS:
+        assert plan.next_round(delay, RUNNING).job_ids == ["1"]
+    plan.suspect(["1"], now=10)  # still running: e.g. a report forged by its own user
+    assert plan.next_round(10, RUNNING).job_ids == []
+    plan.suspect(["1"], now=SUSPICION_COOLDOWN)
+    assert plan.next_round(SUSPICION_COOLDOWN, RUNNING).job_ids == ["1"]
