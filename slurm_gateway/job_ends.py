@@ -123,7 +123,9 @@ class JobEnds:
             # which counts it against the cluster's limit; SLURM's own ends never count.
             if info.state in NOT_THE_JOBS_FAULT or worker.status == JobStatus.RUNNING:
                 self.log.info(
-                    "Cluster %s: %s; replacing it", cluster.name, describe_job("worker", info)
+                    "Cluster %s: %s; replacing it (not counted as a failure)",
+                    cluster.name,
+                    describe_job("worker", info),
                 )
                 self.db.update_worker(worker, target=JobStatus.FAILED)
                 self.queue.put(worker)
