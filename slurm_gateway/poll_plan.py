@@ -5,7 +5,10 @@ ends (the job script's end report), and the scheduler's heartbeats say it lives.
 asked about
 
 - jobs still queued, every ``pending`` period, until they run (their start time counts for
-  the workers' start timeouts, their pending reason for the users' error messages);
+  the workers' start timeouts, their pending reason for the users' error messages), except
+  held ones (:data:`HELD_REASONS`): they cannot start until someone releases them, which
+  no job reports, so the sweep notices it (and a released worker that starts shows up in
+  its scheduler's heartbeat first);
 - jobs suspected of ending (an end report, a worker gone from the scheduler's heartbeat, a
   heartbeat overdue, a submission just made) at once and then :data:`FOLLOW_UPS` seconds
   later until SLURM says how they ended (every :data:`COMPLETING_PERIOD` seconds while
@@ -27,9 +30,16 @@ from .slurm import COMPLETING, JobInfo
 FOLLOW_UPS = (0.0, 1.0, 3.0, 7.0)
 #: Seconds between questions about a suspected job that SLURM is still ending.
 COMPLETING_PERIOD = 2.0
+#: SLURM's reasons for a queued job that waits to be released (``scontrol release``).
+HELD_REASONS = frozenset({"JobHeldUser", "JobHeldAdmin"})
 #: Seconds after a suspicion during which the same job is not suspected again: a job a user
 #: keeps reporting, or a worker her scheduler keeps leaving out, costs slurmctld little.
 SUSPICION_COOLDOWN = 30.0
+
+
+def awaits_start(info: JobInfo) -> bool:
+    """Queued and free to start (not held): its start is watched every pending period."""
+    return info.is_queued and info.reason not in HELD_REASONS
 
 
 @dataclass(frozen=True)
@@ -92,14 +102,14 @@ class PollPlan:
                     times.append(now + COMPLETING_PERIOD)
         if now >= self._next_pending:
             self._next_pending = now + self.periods.pending
-            due.update(j for j, info in jobs.items() if info.is_queued)
+            due.update(j for j, info in jobs.items() if awaits_start(info))
         self._follow_ups = {j: times for j, times in self._follow_ups.items() if times}
         return PollRound(sorted(due), self.wake_at(jobs))
 
     def wake_at(self, jobs: Mapping[str, JobInfo]) -> float:
         """When the next round is due (the earliest of sweep, pending poll, follow-up)."""
         times = [self._next_sweep]
-        if any(info.is_queued for info in jobs.values()):
+        if any(awaits_start(info) for info in jobs.values()):
             times.append(self._next_pending)
         times.extend(ts[0] for ts in self._follow_ups.values() if ts)
         return min(times)

@@ -110,7 +110,8 @@ class SlurmBackendSettings(DBBackendBase):
         for all of them), until they run. A worker's start timeout counts from its job's
         start, and queued schedulers show their pending reason to the user, so their start
         must be seen promptly; queued jobs exist only while clusters start or scale, so this
-        costs nothing while clusters are idle.""",
+        costs nothing while clusters are idle. Held jobs (``JobHeldUser``, ``JobHeldAdmin``)
+        cannot start until released: they are left to ``slurm_sweep_period``.""",
         config=True,
     )
 
