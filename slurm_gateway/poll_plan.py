@@ -67,6 +67,7 @@ class PollPlan:
         self._next_pending = now + periods.pending
         self._follow_ups: dict[str, list[float]] = {}
         self._suspected_at: dict[str, float] = {}
+        self._reported: set[str] = set()
 
     def suspect(self, job_ids: Iterable[str], now: float) -> None:
         """Ask about these jobs now and at the follow-ups (not again within
@@ -76,10 +77,20 @@ class PollPlan:
                 self._suspected_at[job_id] = now
                 self._follow_ups[job_id] = [now + delay for delay in FOLLOW_UPS]
 
+    def reported(self, job_id: str, now: float) -> None:
+        """The job's own end report: ask about it now and at the follow-ups even if it was
+        suspected within the cooldown (e.g. at its submission, seconds before); once per
+        job, so that repeated reports cost nothing more."""
+        if job_id not in self._reported:
+            self._reported.add(job_id)
+            self._suspected_at.pop(job_id, None)
+            self.suspect([job_id], now)
+
     def forget(self, job_ids: Iterable[str]) -> None:
         for job_id in job_ids:
             self._follow_ups.pop(job_id, None)
             self._suspected_at.pop(job_id, None)
+            self._reported.discard(job_id)
 
     def next_round(self, now: float, jobs: Mapping[str, JobInfo]) -> PollRound:
         """The jobs to ask about now, among ``jobs`` (the open ones, with what SLURM last

@@ -103,3 +103,26 @@ def test_a_job_suspected_again_soon_is_not_asked_about_again():
     assert plan.next_round(10, RUNNING).job_ids == []
     plan.suspect(["1"], now=SUSPICION_COOLDOWN)
     assert plan.next_round(SUSPICION_COOLDOWN, RUNNING).job_ids == ["1"]
+
+
+def test_an_end_report_is_asked_about_at_once_even_soon_after_the_submission():
+    plan = PollPlan(PERIODS, now=0)
+    plan.suspect(["1"], now=0)  # just submitted
+    for delay in FOLLOW_UPS[:2]:
+        assert plan.next_round(delay, RUNNING).job_ids == ["1"]
+    plan.reported("1", now=2.5)  # its scheduler was scancelled: the job says it ends
+    assert plan.wake_at(RUNNING) == 2.5
+    assert plan.next_round(2.5, RUNNING).job_ids == ["1"]
+    assert plan.wake_at(RUNNING) == 2.5 + FOLLOW_UPS[1]
+
+
+def test_a_job_that_reports_its_end_again_is_not_asked_about_again():
+    plan = PollPlan(PERIODS, now=0)
+    plan.reported("1", now=0)
+    for delay in FOLLOW_UPS:
+        assert plan.next_round(delay, RUNNING).job_ids == ["1"]
+    plan.reported("1", now=10)  # the same job reporting again: e.g. forged by its user
+    assert plan.next_round(10, RUNNING).job_ids == []
+    plan.forget(["1"])
+    plan.reported("1", now=11)  # (only a job id the gateway tracks again)
+    assert plan.next_round(11, RUNNING).job_ids == ["1"]
