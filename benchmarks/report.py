@@ -371,6 +371,20 @@ def _submit_limit(results: dict) -> list[str]:
     ]
 
 
+def _scancel(results: dict) -> list[str]:
+    lines = []
+    for system in ("ours", "stock"):
+        s8 = _get(results, "s8", system)
+        if isinstance(s8, dict) and "rounds" in s8:
+            runs = "; ".join(
+                f"replaced {fmt(r['replaced'])} s, {r['status']} {fmt(r['failed'])} s"
+                for r in s8["rounds"]
+            )
+            lines.append(f"8. {system} (waits bounded to {s8['bound']:.0f} s): {runs}")
+            lines.append(f"8. {system} connect() after the scancel: {s8['errors'][0]}")
+    return lines
+
+
 def _failures(results: dict) -> list[str]:
     return [f"FAILED {failure.splitlines()[0][:400]}" for failure in results.get("_failures", [])]
 
@@ -385,6 +399,7 @@ DETAILS: list[Callable[[dict], list[str]]] = [
     _rpcs,
     _ssh_vs_sudo,
     _submit_limit,
+    _scancel,
     _failures,
 ]
 

@@ -80,7 +80,8 @@ class JobEnds:
             ", asked to stop" if report.stop_asked else "",
         )
         self.reported_tails[report.job_id] = tail_for_message(report.log_tail)
-        self.suspect([report.job_id])
+        self.poll_plan.reported(report.job_id, time.monotonic())
+        self._wake_watch.set()
 
     async def _watch_forever(self) -> None:
         while True:

@@ -5,7 +5,10 @@ ends (the job script's end report), and the scheduler's heartbeats say it lives.
 asked about
 
 - jobs still queued, every ``pending`` period, until they run (their start time counts for
-  the workers' start timeouts, their pending reason for the users' error messages);
+  the workers' start timeouts, their pending reason for the users' error messages), except
+  held ones (:data:`HELD_REASONS`): they cannot start until someone releases them, which
+  no job reports, so the sweep notices it (and a released worker that starts shows up in
+  its scheduler's heartbeat first);
 - jobs suspected of ending (an end report, a worker gone from the scheduler's heartbeat, a
   heartbeat overdue, a submission just made) at once and then :data:`FOLLOW_UPS` seconds
   later until SLURM says how they ended (every :data:`COMPLETING_PERIOD` seconds while
@@ -27,9 +30,16 @@ from .slurm import COMPLETING, JobInfo
 FOLLOW_UPS = (0.0, 1.0, 3.0, 7.0)
 #: Seconds between questions about a suspected job that SLURM is still ending.
 COMPLETING_PERIOD = 2.0
+#: SLURM's reasons for a queued job that waits to be released (``scontrol release``).
+HELD_REASONS = frozenset({"JobHeldUser", "JobHeldAdmin"})
 #: Seconds after a suspicion during which the same job is not suspected again: a job a user
 #: keeps reporting, or a worker her scheduler keeps leaving out, costs slurmctld little.
 SUSPICION_COOLDOWN = 30.0
+
+
+def awaits_start(info: JobInfo) -> bool:
+    """Queued and free to start (not held): its start is watched every pending period."""
+    return info.is_queued and info.reason not in HELD_REASONS
 
 
 @dataclass(frozen=True)
@@ -57,6 +67,7 @@ class PollPlan:
         self._next_pending = now + periods.pending
         self._follow_ups: dict[str, list[float]] = {}
         self._suspected_at: dict[str, float] = {}
+        self._reported: set[str] = set()
 
     def suspect(self, job_ids: Iterable[str], now: float) -> None:
         """Ask about these jobs now and at the follow-ups (not again within
@@ -66,10 +77,20 @@ class PollPlan:
                 self._suspected_at[job_id] = now
                 self._follow_ups[job_id] = [now + delay for delay in FOLLOW_UPS]
 
+    def reported(self, job_id: str, now: float) -> None:
+        """The job's own end report: ask about it now and at the follow-ups even if it was
+        suspected within the cooldown (e.g. at its submission, seconds before); once per
+        job, so that repeated reports cost nothing more."""
+        if job_id not in self._reported:
+            self._reported.add(job_id)
+            self._suspected_at.pop(job_id, None)
+            self.suspect([job_id], now)
+
     def forget(self, job_ids: Iterable[str]) -> None:
         for job_id in job_ids:
             self._follow_ups.pop(job_id, None)
             self._suspected_at.pop(job_id, None)
+            self._reported.discard(job_id)
 
     def next_round(self, now: float, jobs: Mapping[str, JobInfo]) -> PollRound:
         """The jobs to ask about now, among ``jobs`` (the open ones, with what SLURM last
@@ -92,14 +113,14 @@ class PollPlan:
                     times.append(now + COMPLETING_PERIOD)
         if now >= self._next_pending:
             self._next_pending = now + self.periods.pending
-            due.update(j for j, info in jobs.items() if info.is_queued)
+            due.update(j for j, info in jobs.items() if awaits_start(info))
         self._follow_ups = {j: times for j, times in self._follow_ups.items() if times}
         return PollRound(sorted(due), self.wake_at(jobs))
 
     def wake_at(self, jobs: Mapping[str, JobInfo]) -> float:
         """When the next round is due (the earliest of sweep, pending poll, follow-up)."""
         times = [self._next_sweep]
-        if any(info.is_queued for info in jobs.values()):
+        if any(awaits_start(info) for info in jobs.values()):
             times.append(self._next_pending)
         times.extend(ts[0] for ts in self._follow_ups.values() if ts)
         return min(times)

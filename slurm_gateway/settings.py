@@ -68,14 +68,16 @@ class SlurmBackendSettings(DBBackendBase):
         min=1,
         help="""Seconds between checks for orphan jobs: jobs bearing this gateway's marker
         that no active cluster owns (e.g. submitted just before a crash). They are cancelled.
-        Default: ``slurm_sweep_period`` (one squeue each; orphans are rare and cost a slot,
-        not correctness).""",
+        The first check runs at start (after a crash is when orphans exist). Default: five
+        ``slurm_sweep_period`` (one squeue each, about 3 slurmctld RPCs; orphans are rare
+        and cost a slot, not correctness, and a check as often as the sweep would fall in
+        the same minute as every sweep, doubling an idle gateway's cost).""",
         config=True,
     )
 
     @default("orphan_check_period")
     def _default_orphan_check_period(self):
-        return self.slurm_sweep_period
+        return 5 * self.slurm_sweep_period
 
     cancel_grace_period = Float(
         10,
@@ -110,7 +112,8 @@ class SlurmBackendSettings(DBBackendBase):
         for all of them), until they run. A worker's start timeout counts from its job's
         start, and queued schedulers show their pending reason to the user, so their start
         must be seen promptly; queued jobs exist only while clusters start or scale, so this
-        costs nothing while clusters are idle.""",
+        costs nothing while clusters are idle. Held jobs (``JobHeldUser``, ``JobHeldAdmin``)
+        cannot start until released: they are left to ``slurm_sweep_period``.""",
         config=True,
     )
 

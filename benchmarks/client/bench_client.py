@@ -21,11 +21,11 @@ from gateway_tasks import (
     gw_scale_latency,
     gw_scale_shutdown,
     gw_scale_wait,
-    gw_scancel,
     gw_submit_limit,
 )
 from jobqueue_tasks import jq_new_cluster, jq_scale_shutdown, jq_scale_wait
 from orchestrator import emit
+from scancel_tasks import gw_scancel
 
 TASKS = {
     "gw_new_cluster": gw_new_cluster,

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import statistics
-import subprocess
 import threading
 import time
 import traceback
@@ -11,7 +10,7 @@ from typing import TYPE_CHECKING
 from urllib.parse import urlparse
 
 from orchestrator import checkpoint
-from user_queue import SCANCEL, SQUEUE, USER, queued, wait_empty, wait_queued
+from user_queue import queued, wait_empty, wait_queued
 
 if TYPE_CHECKING:
     from dask_gateway import Gateway, GatewayCluster
@@ -307,74 +306,3 @@ def gw_idle_clusters(address: str, options: dict, steps: list[int], workers: int
             gw.shutdown(cluster)
         wait_empty(120)
     return {"steps": made}
-
-
-def _job_ids() -> set[str]:
-    """The benchmark user's job ids in squeue (array tasks one by one)."""
-    out = subprocess.run(
-        [SQUEUE, "--noheader", "--array", f"--user={USER}", "--format=%i"],
-        capture_output=True,
-        text=True,
-        timeout=30,
-    )
-    return set(out.stdout.split()) if out.returncode == 0 else set()
-
-
-def _scancel(job_id: str) -> None:
-    subprocess.run([SCANCEL, job_id], capture_output=True, timeout=30, check=True)
-
-
-def gw_scancel(address: str, options: dict, repeats: int, patience: float) -> dict:
-    """Scenario 8: a running cluster's scheduler job scancelled from outside: seconds until
-    ``get_cluster`` says FAILED (and what ``connect`` raises); a worker job scancelled:
-    seconds until its replacement is in squeue. ``repeats`` times each."""
-    failed, replaced, errors = [], [], []
-    with Clusters(address) as gw:
-        for _ in range(repeats):
-            if not wait_empty():
-                raise RuntimeError("jobs of the previous cluster did not leave the queue")
-            # Jobs of the previous round may still be ending: only new ids count.
-            before = _job_ids()
-            cluster = gw.new(options)
-            [scheduler] = _job_ids() - before
-            client = cluster.get_client()
-            cluster.scale(1)
-            client.wait_for_workers(1, timeout=120)
-            [worker] = _job_ids() - before - {scheduler}
-            known = before | {scheduler, worker}
-            t0 = time.perf_counter()
-            _scancel(worker)
-            while not _job_ids() - known and time.perf_counter() - t0 < patience:
-                time.sleep(0.05)
-            replaced.append(time.perf_counter() - t0 if _job_ids() - known else None)
-            client.close()
-            t0 = time.perf_counter()
-            _scancel(scheduler)
-            status = None
-            while time.perf_counter() - t0 < patience:
-                status = gw.gateway.get_cluster(cluster.name).status.name
-                if status in ("FAILED", "STOPPED"):
-                    break
-                time.sleep(0.05)
-            failed.append(time.perf_counter() - t0 if status == "FAILED" else None)
-            try:
-                gw.gateway.connect(cluster.name)
-                errors.append(f"connect() raised nothing (status {status})")
-            except Exception as exc:
-                errors.append(f"{type(exc).__name__}: {exc}"[:300])
-            gw.clusters.remove(cluster)
-            cluster.close()
-            gw.gateway.stop_cluster(cluster.name)
-        wait_empty()
-
-    def median(values):
-        seen = [v for v in values if v is not None]
-        return statistics.median(seen) if len(seen) == len(values) else None
-
-    return {
-        "failed": failed,
-        "failed_median": median(failed),
-        "replaced": replaced,
-        "replaced_median": median(replaced),
-        "errors": errors,
-    }

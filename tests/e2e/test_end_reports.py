@@ -13,6 +13,9 @@ from conftest import jobs_of, run, wait_until
 # Seconds within which a reported end must be acted on (the acceptance says 2 s for the
 # median; one test run on a busy 2-core machine gets some slack).
 PROMPT = 5.0
+# Seconds a job has run before it is killed: past the follow-ups of its submission
+# (poll_plan.FOLLOW_UPS, the last at 7 s), which would otherwise catch its end by chance.
+AGE = 10.0
 
 STATUS_AND_ERROR = """
 gateway = Gateway()
@@ -46,6 +49,7 @@ def _sigkill_everything(job_id: str) -> None:
 def _scheduler_killed(as_user, gw, kill, wait: float) -> tuple[dict, float]:
     name = as_user("alice", "report(name=running_cluster(1))", via=gw)["name"]
     [job_id] = jobs_of(name, "scheduler")
+    time.sleep(AGE)
     killed_at = time.time()
     kill(job_id)
     seen = as_user("alice", STATUS_AND_ERROR.format(name=name, wait=wait), via=gw)
@@ -65,6 +69,7 @@ def test_scancelled_worker_is_replaced_at_once(as_user, gateway):
     name = as_user("alice", "report(name=running_cluster(1))")["name"]
     try:
         [worker_job] = jobs_of(name, "worker")
+        time.sleep(AGE)
         killed_at = time.monotonic()
         _scancel(worker_job)
         assert wait_until(lambda: set(jobs_of(name, "worker")) - {worker_job}, PROMPT), jobs_of(

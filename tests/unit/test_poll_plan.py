@@ -7,6 +7,7 @@ from slurm_gateway.poll_plan import (
     SUSPICION_COOLDOWN,
     PollPeriods,
     PollPlan,
+    awaits_start,
 )
 from slurm_gateway.slurm import JobInfo
 
@@ -32,6 +33,27 @@ def test_queued_jobs_are_asked_about_every_pending_period_until_they_run():
     assert plan.next_round(6, jobs).job_ids == []
     assert plan.next_round(10, RUNNING).job_ids == []  # they run now
     assert plan.wake_at(RUNNING) == 120
+
+
+def test_held_jobs_are_asked_about_only_at_the_sweep():
+    held = {
+        "3": JobInfo("3", state="PENDING", reason="JobHeldUser"),
+        "4": JobInfo("4", state="PENDING", reason="JobHeldAdmin"),
+    }
+    plan = PollPlan(PERIODS, now=0)
+    assert plan.wake_at(held) == 120
+    assert [plan.next_round(t, held).job_ids for t in range(0, 120, 5)] == [[]] * 24
+    assert plan.next_round(120, held).job_ids is None  # every job
+    released = {**held, "3": JobInfo("3", state="PENDING", reason="Priority")}
+    assert plan.wake_at(released) == 125
+    assert plan.next_round(125, released).job_ids == ["3"]
+
+
+def test_only_queued_jobs_that_are_not_held_await_their_start():
+    assert awaits_start(JobInfo("1"))  # just submitted: SLURM has not been asked yet
+    assert awaits_start(JobInfo("1", state="PENDING", reason="Resources"))
+    assert not awaits_start(JobInfo("1", state="PENDING", reason="JobHeldUser"))
+    assert not awaits_start(JobInfo("1", state="RUNNING"))
 
 
 def test_a_suspected_job_is_asked_about_at_once_then_at_the_follow_ups():
@@ -81,3 +103,26 @@ def test_a_job_suspected_again_soon_is_not_asked_about_again():
     assert plan.next_round(10, RUNNING).job_ids == []
     plan.suspect(["1"], now=SUSPICION_COOLDOWN)
     assert plan.next_round(SUSPICION_COOLDOWN, RUNNING).job_ids == ["1"]
+
+
+def test_an_end_report_is_asked_about_at_once_even_soon_after_the_submission():
+    plan = PollPlan(PERIODS, now=0)
+    plan.suspect(["1"], now=0)  # just submitted
+    for delay in FOLLOW_UPS[:2]:
+        assert plan.next_round(delay, RUNNING).job_ids == ["1"]
+    plan.reported("1", now=2.5)  # its scheduler was scancelled: the job says it ends
+    assert plan.wake_at(RUNNING) == 2.5
+    assert plan.next_round(2.5, RUNNING).job_ids == ["1"]
+    assert plan.wake_at(RUNNING) == 2.5 + FOLLOW_UPS[1]
+
+
+def test_a_job_that_reports_its_end_again_is_not_asked_about_again():
+    plan = PollPlan(PERIODS, now=0)
+    plan.reported("1", now=0)
+    for delay in FOLLOW_UPS:
+        assert plan.next_round(delay, RUNNING).job_ids == ["1"]
+    plan.reported("1", now=10)  # the same job reporting again: e.g. forged by its user
+    assert plan.next_round(10, RUNNING).job_ids == []
+    plan.forget(["1"])
+    plan.reported("1", now=11)  # (only a job id the gateway tracks again)
+    assert plan.next_round(11, RUNNING).job_ids == ["1"]
