@@ -265,7 +265,10 @@ install_packages() {
 create_users() {
     local u
     getent group "$DASK_GROUP" >/dev/null || groupadd "$DASK_GROUP"
-    for u in "${DASK_USERS[@]}"; do
+    # The load test's and benchmark's users too: slurmctld resolves an association's user to
+    # a uid when it loads it, so a user created later is refused ("Invalid account") while
+    # limits are enforced.
+    for u in "${DASK_USERS[@]}" "${LOAD_USERS[@]}" "${BENCH_USERS[@]}"; do
         if ! id -u "$u" >/dev/null 2>&1; then
             useradd --create-home --shell /bin/bash --groups "$DASK_GROUP" "$u"
             log "created user $u"
@@ -656,7 +659,7 @@ start_slurmdbd() {
 
 # Cluster, account and users in the accounting database (idempotent): the gateway's
 # users, the others (mallory submits jobs herself), the load test's and benchmark's users
-# (added before their Unix accounts exist: limits are enforced) and the service account. One
+# (their Unix accounts are made first by create_users: limits are enforced) and the service account. One
 # query when everything is already there (sacctmgr calls cost ~0.2 s each).
 ensure_accounting() {
     local u assoc missing
