@@ -23,7 +23,7 @@ from aiohttp import web
 from dask_gateway_server.backends.db_base import Cluster
 
 #: Largest body taken (the script sends at most 2000 bytes of log).
-MAX_BODY_BYTES = 8192
+MAX_BODY_BYTES = 16384  # a 2000-byte tail JSON-escaped (\uXXXX) is up to 12 kB
 #: Characters of log kept from a report; its last line goes into a failure message, as the
 #: log's last line read as the user would.
 MAX_TAIL_CHARS = 2000
@@ -100,7 +100,7 @@ def job_end_handler(
         if request.content_length is None or request.content_length > MAX_BODY_BYTES:
             return web.json_response({"error": "body missing or too large"}, status=413)
         try:
-            body = json.loads(await request.content.read(MAX_BODY_BYTES))
+            body = json.loads(await request.read())  # its length was checked above
         except (ValueError, RecursionError):
             body = None
         report = parse_end_report(body)

@@ -71,6 +71,8 @@ class JobEnds:
         """A job of ``cluster`` says it ended: ask SLURM about it now."""
         if self.tracker.get(report.job_id) is None:
             return  # already forgotten: the gateway itself stopped it
+        if not self.poll_plan.reported(report.job_id, time.monotonic()):
+            return  # a repeated report: neither logged nor asked about again
         self.log.info(
             "Cluster %s: %s job %s reports its end (exit status %d%s)",
             cluster.name,
@@ -80,7 +82,6 @@ class JobEnds:
             ", asked to stop" if report.stop_asked else "",
         )
         self.reported_tails[report.job_id] = tail_for_message(report.log_tail)
-        self.poll_plan.reported(report.job_id, time.monotonic())
         self._wake_watch.set()
 
     async def _watch_forever(self) -> None:

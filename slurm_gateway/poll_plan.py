@@ -77,14 +77,16 @@ class PollPlan:
                 self._suspected_at[job_id] = now
                 self._follow_ups[job_id] = [now + delay for delay in FOLLOW_UPS]
 
-    def reported(self, job_id: str, now: float) -> None:
+    def reported(self, job_id: str, now: float) -> bool:
         """The job's own end report: ask about it now and at the follow-ups even if it was
         suspected within the cooldown (e.g. at its submission, seconds before); once per
-        job, so that repeated reports cost nothing more."""
-        if job_id not in self._reported:
-            self._reported.add(job_id)
-            self._suspected_at.pop(job_id, None)
-            self.suspect([job_id], now)
+        job, so that repeated reports cost nothing more. Whether this report was the first."""
+        if job_id in self._reported:
+            return False
+        self._reported.add(job_id)
+        self._suspected_at.pop(job_id, None)
+        self.suspect([job_id], now)
+        return True
 
     def forget(self, job_ids: Iterable[str]) -> None:
         for job_id in job_ids:

@@ -92,3 +92,9 @@ def test_the_route_refuses_what_is_not_the_reporting_clusters():
     assert received == []
     assert status("alice1", "ta", {**GOOD, "job_id": "11_1", "role": "worker"}) == 202
     assert received == [("alice1", "11_1")]
+    # a full tail of non-ASCII text is \\uXXXX-escaped by the job's json.dumps (6 bytes a
+    # character): still taken whole
+    escaped = {**GOOD, "job_id": "11_1", "role": "worker", "log_tail": "\u00e9" * 2000}
+    assert len(json.dumps(escaped)) > 12000
+    assert status("alice1", "ta", escaped) == 202
+    assert received[-1] == ("alice1", "11_1")

@@ -121,8 +121,9 @@ def test_a_job_that_reports_its_end_again_is_not_asked_about_again():
     plan.reported("1", now=0)
     for delay in FOLLOW_UPS:
         assert plan.next_round(delay, RUNNING).job_ids == ["1"]
-    plan.reported("1", now=10)  # the same job reporting again: e.g. forged by its user
+    # the same job reporting again (e.g. forged by its user): not logged, not asked about
+    assert plan.reported("1", now=10) is False
     assert plan.next_round(10, RUNNING).job_ids == []
     plan.forget(["1"])
-    plan.reported("1", now=11)  # (only a job id the gateway tracks again)
+    assert plan.reported("1", now=11) is True  # (only a job id the gateway tracks again)
     assert plan.next_round(11, RUNNING).job_ids == ["1"]
