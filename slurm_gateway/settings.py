@@ -66,12 +66,10 @@ class SlurmBackendSettings(DBBackendBase):
 
     orphan_check_period = Float(
         min=1,
-        help="""Seconds between checks for orphan jobs: jobs bearing this gateway's marker
-        that no active cluster owns (e.g. submitted just before a crash). They are cancelled.
-        The first check runs at start (after a crash is when orphans exist). Default: five
-        ``slurm_sweep_period`` (one squeue each, about 3 slurmctld RPCs; orphans are rare
-        and cost a slot, not correctness, and a check as often as the sweep would fall in
-        the same minute as every sweep, doubling an idle gateway's cost).""",
+        help="""Seconds between checks for orphan jobs (this gateway's marker, no active
+        cluster: e.g. submitted just before a crash), which are cancelled; the first runs at
+        start. Default: five ``slurm_sweep_period`` (about 3 slurmctld RPCs each; orphans
+        cost a slot, not correctness; as often as the sweep, it would double the idle cost).""",
         config=True,
     )
 
@@ -100,8 +98,7 @@ class SlurmBackendSettings(DBBackendBase):
         help="""Seconds between checks that SLURM answers (``scontrol ping``, for
         ``/api/health``) when the gateway had no other reason to ask it. The jobs themselves
         are asked about as ``slurm_pending_period`` and ``slurm_sweep_period`` say, and when
-        they report their end. 60 s: a load balancer hears of a slurmctld outage within
-        about three minutes at the worst, for one cheap RPC a minute.""",
+        they report their end. 60 s: one cheap RPC a minute.""",
         config=True,
     )
 
@@ -121,10 +118,8 @@ class SlurmBackendSettings(DBBackendBase):
         120,
         min=1,
         help="""Seconds between questions to SLURM about every job (one squeue): the safety
-        net for the ends that no job can report (SIGKILL, a node lost). Running jobs report
-        their own end and heartbeats say the scheduler lives, so this is seldom the way an
-        end is learnt; 120 s keeps an idle gateway far below one RPC a minute per cluster
-        (O(1) in the number of clusters and jobs).""",
+        net for ends no job can report (SIGKILL, a node lost); running jobs report their own
+        end. 120 s keeps an idle gateway O(1) and far below one RPC a minute.""",
         config=True,
     )
 
@@ -297,9 +292,8 @@ class SlurmBackendSettings(DBBackendBase):
     held_retry_period = Float(
         30,
         min=1,
-        help="""Seconds between attempts to submit workers held in the gateway because SLURM
-        refused more of the user's jobs (a QOS's or association's MaxSubmitJobs). They are
-        also tried as soon as jobs of that user end.""",
+        help="""Seconds between attempts to submit workers held because SLURM refused more of
+        the user's jobs (MaxSubmitJobs of a QOS or association); also as the user's jobs end.""",
         config=True,
     )
 
