@@ -318,14 +318,33 @@ class SlurmBackend(
         job_id = worker.state.get("job_id")
         if not job_id:
             return
-        info = self.tracker.get(job_id) or JobInfo(job_id, state=UNKNOWN)
-        if worker.target == JobStatus.FAILED and info.state != COMPLETED:
-            self.record_worker_failure(worker.cluster, describe_job("worker", info))
+        if worker.target == JobStatus.FAILED:
+            await self._record_lost_worker(worker, job_id)
         try:
             await self._cancellations.add(worker.cluster.username, job_id)
         finally:
             self._forget([job_id])
         self.release_held_soon(worker.cluster.username)
+
+    async def _record_lost_worker(self, worker: Worker, job_id: str) -> None:
+        """A worker that left its scheduler unasked: its job's facts as SLURM has them now
+        (what the tracker holds may be minutes old), kept only if the job failed. A worker
+        that reached its ``--lifetime`` leaves the same way and ends COMPLETED."""
+        info = self.tracker.get(job_id)
+        if info is not None and not info.is_terminal:
+            await self.tracker.poll([job_id])
+            info = self.tracker.get(job_id)
+        info = info or JobInfo(job_id, state=UNKNOWN)
+        if info.is_terminal and info.state != COMPLETED:
+            self.record_worker_failure(worker.cluster, describe_job("worker", info))
+        else:
+            self.log.info(
+                "Cluster %s: worker %s left its scheduler (job %s %s)",
+                worker.cluster.name,
+                worker.name,
+                job_id,
+                info.state,
+            )
 
     def record_worker_failure(self, cluster: Cluster, text: str) -> None:
         """Keep a worker's failure as the cluster's latest (shown if the cluster fails)."""
