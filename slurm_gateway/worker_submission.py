@@ -104,7 +104,7 @@ class WorkerSubmission:
         # Tracked at once, so that the orphan check never takes them for strays.
         for worker, job_id in zip(workers, job_ids, strict=True):
             self._track(job_id, cluster, worker)
-        self.suspect(job_ids)
+        self.watch_submitted(job_ids)
         return job_ids
 
     def _cancel_unclaimed(self, cluster_name: str, job_id: str | None):

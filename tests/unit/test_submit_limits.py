@@ -118,7 +118,7 @@ class FakeSubmission(WorkerSubmission):
     def _track(self, job_id, cluster, worker=None):
         self.tracked[job_id] = worker.name
 
-    def suspect(self, job_ids):  # SLURM is asked about new jobs at once (job_ends)
+    def watch_submitted(self, job_ids):  # SLURM is asked about new jobs at once (job_ends)
         self.suspected += job_ids
 
     def _forget(self, job_ids):
