@@ -75,7 +75,9 @@ class JobEnds:
         last_heard = {
             c.state["job_id"]: c.last_heartbeat / 1000
             for c in self.db.active_clusters()
-            if c.status == JobStatus.RUNNING and c.last_heartbeat and c.state.get("job_id")
+            if c.status == c.target == JobStatus.RUNNING  # a stopping one is not heard
+            and c.last_heartbeat
+            and c.state.get("job_id")
         }
         wall, now = time.time(), time.monotonic()
         overdue = overdue_heartbeats(last_heard, wall, self.cluster_heartbeat_period)

@@ -38,7 +38,7 @@ HELD_REASONS = frozenset({"JobHeldUser", "JobHeldAdmin"})
 SUSPICION_COOLDOWN = 30.0
 #: Heartbeat periods without a heartbeat after which a scheduler's job is asked about: a
 #: heartbeat missed by half a period. Below the stock timeout (two periods), which fails the
-#: cluster whatever SLURM says; a false alarm costs one squeue of one job.
+#: cluster whatever SLURM says; a false alarm costs the follow-ups' squeues of one job.
 OVERDUE_PERIODS = 1.5
 
 
