@@ -252,7 +252,7 @@ class SlurmBackend(
             self.db.update_cluster(cluster, state={**state, "failure": failure})
             raise
         self._track(job_id, cluster)
-        self.suspect([job_id])  # a job that fails at once is known at once
+        self.watch_submitted([job_id])  # a job that fails at once is known at once
         self.log.info(
             "Cluster %s of user %s: scheduler job %s submitted",
             cluster.name,

@@ -4,8 +4,11 @@ The public backend API (``do_*`` hooks, ``DataManager`` methods) is used elsewhe
 and only here, the backend overrides private methods of ``DBBackendBase`` and writes to its
 ``workers`` table directly, each for a reason said where it is done:
 
-- ``on_cluster_heartbeat``: cap the worker count a scheduler asks for to the user's limits;
-  then tell the backend (``heartbeat_heard``: workers it no longer lists are suspected).
+- ``on_cluster_heartbeat``: replaced, not extended: the worker count a scheduler asks for
+  is capped to the user's limits, and ``heartbeats`` decides what the message means for the
+  workers (scale-down drops held and queued workers first; a running worker the message
+  no longer lists is asked about (``workers_missing``), where the stock handler fails an
+  assertion and refuses the heartbeat).
 - ``_check_timeouts``: a worker's start timeout counts from when SLURM started its job (the
   stock check counts queue wait, cancelling workers merely waiting in a busy queue).
 - The stock tables, for PostgreSQL (``db_url = "postgresql+psycopg://..."``): six columns
@@ -43,11 +46,12 @@ from dask_gateway_server.backends.db_base import (
     metadata,
 )
 from dask_gateway_server.backends.db_base import workers as workers_table
-from dask_gateway_server.utils import Flag
+from dask_gateway_server.utils import Flag, timestamp
 from sqlalchemy.dialects import postgresql
 
 from .admission import is_worker_count
 from .database import engine_summary, state_engine
+from .heartbeats import read_heartbeat, scale_down_rank
 from .lifecycle import (
     heartbeat_overdue,
     scheduler_timed_out,
@@ -81,6 +85,7 @@ USED_ATTRIBUTES = {
     DBBackendBase: [
         "worker_start_failure_limit",
         "cluster_heartbeat_timeout",
+        "cluster_heartbeat_period",
         "_db_encrypt_keys_default",
     ],
     DataManager: ["active_clusters", "update_clusters", "update_workers", "list_clusters"],
@@ -201,7 +206,7 @@ class StockOverrides(BulkWorkerOverrides):
     """The backend's overrides of ``DBBackendBase`` internals (see the module docstring;
     those of the bulk worker writes are inherited from ``worker_writes``).
     The backend provides ``allowed_worker_count``, ``job_info``, ``start_policy``,
-    ``record_worker_failure``, ``heartbeat_heard`` and ``metrics``."""
+    ``record_worker_failure``, ``workers_missing``, ``heartbeat_started`` and ``metrics``."""
 
     async def setup(self, app) -> None:
         await super().setup(app)
@@ -218,30 +223,66 @@ class StockOverrides(BulkWorkerOverrides):
             )
 
     async def on_cluster_heartbeat(self, cluster_name: str, msg: dict) -> None:
-        # The heartbeat carries the number of workers the scheduler wants (scale, adapt).
-        # Only an int reaches the stock code: the user's own scheduler sends the message.
+        # The stock handler's work, in its order, with the decisions of heartbeats.py: the
+        # count capped to the user's limits, scale-down dropping held and queued workers
+        # first, running workers missing from the message asked about (not an assertion).
         cluster = self.db.get_cluster(cluster_name)
-        started = cluster is not None and not cluster.scheduler_address
-        if cluster is not None:
-            requested = msg.get("count")
-            count = self.allowed_worker_count(cluster, requested)
-            if not is_worker_count(requested):
-                self.log.warning(
-                    "Cluster %s sent a bad worker count %.100r", cluster_name, requested
-                )
-            elif count < requested:
-                self.log.info(
-                    "Cluster %s asked for %d workers; the user's limits leave %d",
-                    cluster_name,
-                    requested,
-                    count,
-                )
-            msg = {**msg, "count": count}
-        await super().on_cluster_heartbeat(cluster_name, msg)
-        if cluster is not None:
-            self.heartbeat_heard(cluster, msg)
+        if cluster is None or cluster.target > JobStatus.RUNNING:
+            return
+        cluster.last_heartbeat = timestamp()
+        started = not cluster.scheduler_address
+        update = {}
+        if cluster.status != JobStatus.RUNNING:
+            update = {k: msg[k] for k in ("api_address", "scheduler_address", "dashboard_address")}
+        count = self._allowed_heartbeat_count(cluster, msg.get("count"))
+        if count != cluster.count:
+            update["count"] = count
+        rank = lambda worker: scale_down_rank(worker, self.job_info(worker))  # noqa: E731
+        reading = read_heartbeat(cluster.workers.values(), msg, count, rank)
+        self.log.info(
+            "Cluster %s heartbeat [count: %d, n_active: %d, n_closing: %d, n_closed: %d]",
+            cluster_name,
+            count,
+            len(msg.get("active_workers") or ()),
+            len(msg.get("closing_workers") or ()),
+            len(msg.get("closed_workers") or ()),
+        )
+        if update:
+            self.db.update_cluster(cluster, **update)
+            self.queue.put(cluster)
+        targets = [(w, {"target": t}) for w, t in reading.ended]
+        targets += [(w, {"target": JobStatus.STOPPED}) for w in reading.to_stop]
+        self.db.update_workers(targets)
+        for worker, _ in targets:
+            self.queue.put(worker)
+        if reading.newly_running:
+            cluster.worker_start_failure_count = 0
+            self.db.update_workers(
+                [(w, {"status": JobStatus.RUNNING}) for w in reading.newly_running]
+            )
+            for worker in reading.newly_running:
+                self.log.info("Worker %s is running", worker.name)
+        self.db.update_workers([(w, {"close_expected": True}) for w in reading.close_expected])
+        self.workers_missing(reading.missing)
         if started and cluster.scheduler_address:  # its first heartbeat: the cluster started
             self.metrics.cluster_started(cluster.start_time)
+            self.heartbeat_started()
+
+    def _allowed_heartbeat_count(self, cluster: Cluster, requested: object) -> int:
+        """The heartbeat carries the number of workers the scheduler wants (scale, adapt):
+        the user's own scheduler sends it, so only an int within her limits is taken."""
+        count = self.allowed_worker_count(cluster, requested)
+        if not is_worker_count(requested):
+            self.log.warning("Cluster %s sent a bad worker count %.100r", cluster.name, requested)
+        elif count < requested:
+            self.log.info(
+                "Cluster %s asked for %d workers; the user's limits leave %d",
+                cluster.name,
+                requested,
+                count,
+            )
+        most = cluster.config.get("cluster_max_workers")  # the stock cap, kept
+        return count if most is None else min(count, most)
 
     async def _check_timeouts(self) -> None:
         # A scheduler's start timeout counts from the cluster's creation (so that users

@@ -1,11 +1,12 @@
 """The backend's part that learns when jobs end: the poll loop that follows the
 :class:`~slurm_gateway.poll_plan.PollPlan`, the jobs' end reports
-(:mod:`~slurm_gateway.end_reports`) and workers missing from the scheduler's heartbeat,
-and what is done when a job is seen ending (the cluster of a dead scheduler fails with
-SLURM's facts, a dead worker is replaced).
+(:mod:`~slurm_gateway.end_reports`), workers missing from the scheduler's heartbeat and
+schedulers whose heartbeat is overdue, and what is done when a job is seen ending (the
+cluster of a dead scheduler fails with SLURM's facts, a dead worker is replaced).
 
 The backend provides ``db``, ``queue``, ``log``, ``tracker``, ``owners``, ``task_pool``,
-``stop_cluster`` and the settings ``slurm_pending_period`` and ``slurm_sweep_period``.
+``stop_cluster`` and the settings ``slurm_pending_period``, ``slurm_sweep_period`` and
+``cluster_heartbeat_period``.
 """
 
 from __future__ import annotations
@@ -14,10 +15,10 @@ import asyncio
 import time
 
 from aiohttp import web
-from dask_gateway_server.backends.db_base import Cluster, JobStatus
+from dask_gateway_server.backends.db_base import Cluster, JobStatus, Worker
 
 from .end_reports import EndReport, job_end_handler, tail_for_message
-from .poll_plan import PollPeriods, PollPlan
+from .poll_plan import PollPeriods, PollPlan, overdue_heartbeats
 from .slurm import NOT_THE_JOBS_FAULT, describe_job
 
 #: The route jobs report their end to (``DASK_GATEWAY_API_URL`` ends with ``/api``).
@@ -40,32 +41,50 @@ class JobEnds:
         self.reported_tails: dict[str, str] = {}
         self.task_pool.spawn(self._watch_forever())
 
-    def suspect(self, job_ids: list[str]) -> None:
-        """Ask SLURM about these jobs now and at the follow-ups."""
-        self.poll_plan.suspect(job_ids, time.monotonic())
-        self._wake_watch.set()
+    def suspect(self, job_ids: list[str]) -> list[str]:
+        """Ask SLURM about these jobs now and at the follow-ups; those newly suspected."""
+        fresh = self.poll_plan.suspect(job_ids, time.monotonic())
+        if fresh:
+            self._wake_watch.set()
+        return fresh
 
     def forget_watched(self, job_ids: list[str]) -> None:
         self.poll_plan.forget(job_ids)
         for job_id in job_ids:
             self.reported_tails.pop(job_id, None)
 
-    def heartbeat_heard(self, cluster: Cluster, msg: dict) -> None:
-        """After the stock handling of a heartbeat: a running worker the scheduler no
-        longer lists may have ended, so SLURM is asked about it."""
-        if cluster.target > JobStatus.RUNNING:
-            return
-        listed = set(msg.get("active_workers") or ()) | set(msg.get("closing_workers") or ())
-        missing = [
-            worker.state["job_id"]
-            for worker in cluster.workers.values()
-            if worker.status == JobStatus.RUNNING
-            and worker.target == JobStatus.RUNNING
-            and worker.name not in listed
-            and worker.state.get("job_id")
-        ]
-        if missing:
-            self.suspect(missing)
+    def watch_submitted(self, job_ids: list[str]) -> None:
+        """Jobs just submitted: SLURM is asked about them now and at the follow-ups."""
+        self.poll_plan.submitted(job_ids, time.monotonic())
+        self._wake_watch.set()
+
+    def workers_missing(self, workers: list[Worker]) -> None:
+        """Running workers their scheduler's heartbeat no longer lists: they may have
+        ended, so SLURM is asked about their jobs (``poll_slurm`` replaces them if so)."""
+        fresh = self.suspect([w.state["job_id"] for w in workers if w.state.get("job_id")])
+        if fresh:
+            self.log.info("Worker job(s) %s missing from the heartbeat: asking SLURM", fresh)
+
+    def heartbeat_started(self) -> None:
+        """A cluster's first heartbeat: its heartbeats are watched from now on."""
+        self._wake_watch.set()
+
+    def _suspect_overdue(self) -> float | None:
+        """Suspect the scheduler jobs of running clusters not heard from for a while; when
+        (monotonic) the next one will be overdue."""
+        last_heard = {
+            c.state["job_id"]: c.last_heartbeat / 1000
+            for c in self.db.active_clusters()
+            if c.status == c.target == JobStatus.RUNNING  # a stopping one is not heard
+            and c.last_heartbeat
+            and c.state.get("job_id")
+        }
+        wall, now = time.time(), time.monotonic()
+        overdue = overdue_heartbeats(last_heard, wall, self.cluster_heartbeat_period)
+        fresh = self.poll_plan.suspect(overdue.job_ids, now)
+        if fresh:
+            self.log.info("Heartbeat overdue: asking SLURM about scheduler job(s) %s", fresh)
+        return None if overdue.next_at is None else now + overdue.next_at - wall
 
     async def job_ended(self, cluster: Cluster, report: EndReport) -> None:
         """A job of ``cluster`` says it ended: ask SLURM about it now."""
@@ -86,6 +105,7 @@ class JobEnds:
 
     async def _watch_forever(self) -> None:
         while True:
+            overdue_at = self._suspect_overdue()
             plan_round = self.poll_plan.next_round(time.monotonic(), self.tracker.open_jobs())
             if plan_round.job_ids is None or plan_round.job_ids:
                 try:
@@ -96,6 +116,8 @@ class JobEnds:
                     self.log.warning("Error while polling SLURM", exc_info=True)
             self._wake_watch.clear()
             wake_at = self.poll_plan.wake_at(self.tracker.open_jobs())
+            if overdue_at is not None:
+                wake_at = min(wake_at, overdue_at)
             try:
                 await asyncio.wait_for(
                     self._wake_watch.wait(), max(0.0, wake_at - time.monotonic())

@@ -9,8 +9,9 @@ asked about
   held ones (:data:`HELD_REASONS`): they cannot start until someone releases them, which
   no job reports, so the sweep notices it (and a released worker that starts shows up in
   its scheduler's heartbeat first);
-- jobs suspected of ending (an end report, a worker gone from the scheduler's heartbeat, a
-  heartbeat overdue, a submission just made) at once and then :data:`FOLLOW_UPS` seconds
+- jobs suspected of ending (an end report, a running worker its scheduler's heartbeat no
+  longer lists, a scheduler whose heartbeat is overdue (:func:`overdue_heartbeats`), a
+  submission just made) at once and then :data:`FOLLOW_UPS` seconds
   later until SLURM says how they ended (every :data:`COMPLETING_PERIOD` seconds while
   SLURM is still ending them);
 - every job, every ``sweep`` period: the safety net for ends that cannot be reported
@@ -35,11 +36,32 @@ HELD_REASONS = frozenset({"JobHeldUser", "JobHeldAdmin"})
 #: Seconds after a suspicion during which the same job is not suspected again: a job a user
 #: keeps reporting, or a worker her scheduler keeps leaving out, costs slurmctld little.
 SUSPICION_COOLDOWN = 30.0
+#: Heartbeat periods without a heartbeat after which a scheduler's job is asked about: a
+#: heartbeat missed by half a period. Below the stock timeout (two periods), which fails the
+#: cluster whatever SLURM says; a false alarm costs the follow-ups' squeues of one job.
+OVERDUE_PERIODS = 1.5
 
 
 def awaits_start(info: JobInfo) -> bool:
     """Queued and free to start (not held): its start is watched every pending period."""
     return info.is_queued and info.reason not in HELD_REASONS
+
+
+@dataclass(frozen=True)
+class Overdue:
+    """Schedulers whose heartbeat is overdue, and when the next one will be (None: none)."""
+
+    job_ids: list[str]
+    next_at: float | None
+
+
+def overdue_heartbeats(last_heard: Mapping[str, float], now: float, period: float) -> Overdue:
+    """The scheduler jobs (by id, with the time of their cluster's last heartbeat, in the
+    clock of ``now``) not heard from for :data:`OVERDUE_PERIODS` heartbeat ``period``."""
+    after = OVERDUE_PERIODS * period
+    overdue = sorted(j for j, heard in last_heard.items() if now - heard >= after)
+    upcoming = [heard + after for j, heard in last_heard.items() if now - heard < after]
+    return Overdue(overdue, min(upcoming, default=None))
 
 
 @dataclass(frozen=True)
@@ -69,13 +91,22 @@ class PollPlan:
         self._suspected_at: dict[str, float] = {}
         self._reported: set[str] = set()
 
-    def suspect(self, job_ids: Iterable[str], now: float) -> None:
+    def suspect(self, job_ids: Iterable[str], now: float) -> list[str]:
         """Ask about these jobs now and at the follow-ups (not again within
-        :data:`SUSPICION_COOLDOWN` seconds)."""
+        :data:`SUSPICION_COOLDOWN` seconds); those newly suspected."""
+        fresh = []
         for job_id in job_ids:
             if now - self._suspected_at.get(job_id, -SUSPICION_COOLDOWN) >= SUSPICION_COOLDOWN:
                 self._suspected_at[job_id] = now
                 self._follow_ups[job_id] = [now + delay for delay in FOLLOW_UPS]
+                fresh.append(job_id)
+        return fresh
+
+    def submitted(self, job_ids: Iterable[str], now: float) -> None:
+        """Jobs just submitted (one that fails at once is known at once): asked about now
+        and at the follow-ups, without a cooldown: a suspicion soon after is acted on."""
+        for job_id in job_ids:
+            self._follow_ups[job_id] = [now + delay for delay in FOLLOW_UPS]
 
     def reported(self, job_id: str, now: float) -> bool:
         """The job's own end report: ask about it now and at the follow-ups even if it was

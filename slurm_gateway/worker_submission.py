@@ -7,7 +7,8 @@ halved until a part fits (``submit_limits.SubmitPlan``); the workers that do not
 one job are *held*: their record says ``held`` instead of a job id, they count as alive and
 never time out, and they are submitted first (before any newer worker of their cluster) when
 jobs of their user end, or every ``held_retry_period`` seconds. The cluster's report tells
-the user why (``cluster_reports``).
+the user why (``cluster_reports``). Held workers SLURM then refuses for another reason fail
+with it, as any worker whose submission fails.
 """
 
 from __future__ import annotations
@@ -33,7 +34,7 @@ class WorkerSubmission:
     """The backend's worker submission. The backend provides ``_worker_submissions`` (a
     ``Coalescer`` of :meth:`_submit_workers`), ``_cancellations``, ``_job_script``,
     ``_submit``, ``_track``, ``_forget``, ``_record``, ``record_worker_failure``, ``db``,
-    ``task_pool`` and ``log``."""
+    ``queue``, ``task_pool`` and ``log``."""
 
     async def do_start_worker(self, worker: Worker) -> AsyncIterator[dict]:
         # Workers started together (scale(n), adaptive growth) leave as one job array.
@@ -104,7 +105,7 @@ class WorkerSubmission:
         # Tracked at once, so that the orphan check never takes them for strays.
         for worker, job_id in zip(workers, job_ids, strict=True):
             self._track(job_id, cluster, worker)
-        self.suspect(job_ids)
+        self.watch_submitted(job_ids)
         return job_ids
 
     def _cancel_unclaimed(self, cluster_name: str, job_id: str | None):
@@ -115,6 +116,20 @@ class WorkerSubmission:
             self.task_pool.spawn(self._cancellations.add(cluster.username, job_id))
 
     # -- held workers ------------------------------------------------------------------------
+
+    def _fail_held(self, cluster: Cluster, held: list, exc: SlurmError) -> None:
+        """SLURM refused held workers for another reason than a submit limit (fewer would
+        be refused too): they fail with that reason, as a worker whose sbatch fails does
+        (each counts against the cluster's failure limit), instead of waiting forever."""
+        held = [w for w in held if w.target == JobStatus.RUNNING and w.status < JobStatus.STOPPED]
+        if not held:
+            return
+        self.record_worker_failure(cluster, f"{len(held)} held worker(s) not submitted: {exc}")
+        self.db.update_workers([(w, {"target": JobStatus.FAILED}) for w in held])
+        cluster.worker_start_failure_count += len(held)
+        for worker in held:
+            self.queue.put(worker)
+        self._record(cluster, held_because=None)
 
     def release_held_soon(self, username: str) -> None:
         """Submit the user's held workers in the background (their jobs ended, or a timer)."""
@@ -145,8 +160,12 @@ class WorkerSubmission:
             self._releasing.discard(username)
 
     async def _submit_held(self, cluster: Cluster, held: list) -> bool:
-        """Submit a cluster's held workers; whether they all went out."""
-        job_ids = await self._submit_within_limits(cluster, held)
+        """Submit a cluster's held workers; whether they all went out (or failed)."""
+        try:
+            job_ids = await self._submit_within_limits(cluster, held)
+        except SlurmError as exc:
+            self._fail_held(cluster, held, exc)
+            return True
         abandoned = []
         for worker, job_id in zip(held, job_ids, strict=True):
             if job_id is None:

@@ -1,6 +1,7 @@
 """Jobs report their own end (issue 13): a scheduler or worker killed from outside is known
 within seconds, with SLURM's facts; a report only concerns its own cluster's jobs; what
-cannot report (SIGKILL) is caught by the safety sweep."""
+cannot report (SIGKILL) is caught by the safety sweep, or sooner by the heartbeats: a
+scheduler whose heartbeat is overdue, a running worker its scheduler no longer lists."""
 
 import glob
 import os
@@ -37,6 +38,8 @@ def _sigkill_everything(job_id: str) -> None:
     """SIGKILL to every process of the job's script on its node (this host), as the OOM
     killer or a lost node would: frozen first (the cgroup v1 freezer SLURM made for the
     step), so that none of them can run an exit trap before all of them are killed."""
+    if "_" in job_id:  # an array task: its cgroup is named by the task's own job id
+        job_id = run(["squeue", "--noheader", "--format=%A", "--jobs", job_id]).stdout.strip()
     [step] = glob.glob(f"/sys/fs/cgroup/freezer/slurm_*/uid_*/job_{job_id}/step_batch")
     Path(step, "freezer.state").write_text("FROZEN\n")
     try:
@@ -131,3 +134,61 @@ def test_the_sweep_catches_a_scheduler_killed_without_a_word(as_user, make_gatew
     assert after < sweep + PROMPT, seen
     assert f"scheduler job {seen['job_id']}" in seen["error"], seen
     assert f"scheduler job {seen['job_id']} reports its end" not in gw.log.read_text()
+
+
+# Heartbeats every 2 s; neither the sweep nor the heartbeat timeout within the test.
+QUIET = """
+c.SlurmBackend.slurm_sweep_period = 3600
+c.SlurmBackend.cluster_heartbeat_period = 2
+c.SlurmBackend.cluster_heartbeat_timeout = 120
+"""
+
+
+def test_a_scheduler_killed_without_a_word_is_caught_by_its_overdue_heartbeat(
+    as_user, make_gateway
+):
+    gw = make_gateway(QUIET)
+    seen, after = _scheduler_killed(as_user, gw, _sigkill_everything, 30)
+    assert seen["status"] == "FAILED", seen
+    assert after < 1.5 * 2 + PROMPT, seen  # poll_plan.OVERDUE_PERIODS heartbeat periods
+    assert f"scheduler job {seen['job_id']}" in seen["error"], seen
+    log = gw.log.read_text()
+    assert f"Heartbeat overdue: asking SLURM about scheduler job(s) ['{seen['job_id']}']" in log
+    assert "heartbeat timed out" not in log
+
+
+# The scheduler forgets the workers it loses (as a scheduler of another dask-gateway might):
+# its heartbeats stop listing a dead worker, without saying it closed.
+FORGET_CLOSED = """
+cluster = Gateway().connect({name!r})
+client = cluster.get_client()
+
+def forget_closed(dask_scheduler):
+    class Forgetful(set):
+        def add(self, name):
+            pass
+
+    dask_scheduler.services["gateway"].closed_workers = Forgetful()
+
+client.run_on_scheduler(forget_closed)
+client.close()
+report()
+"""
+
+
+def test_a_worker_missing_from_the_heartbeat_is_asked_about_and_replaced(as_user, make_gateway):
+    gw = make_gateway(QUIET)
+    name = as_user("alice", "report(name=running_cluster(1))", via=gw)["name"]
+    try:
+        as_user("alice", FORGET_CLOSED.format(name=name), via=gw)
+        [worker_job] = jobs_of(name, "worker")
+        time.sleep(AGE)
+        killed_at = time.monotonic()
+        _sigkill_everything(worker_job)
+        assert wait_until(lambda: set(jobs_of(name, "worker")) - {worker_job}, 2 + PROMPT)
+        assert time.monotonic() - killed_at < 2 + PROMPT
+        log = gw.log.read_text()
+        assert "missing from the heartbeat: asking SLURM" in log
+        assert "AssertionError" not in log
+    finally:
+        as_user("alice", f"Gateway().stop_cluster({name!r}); report()", via=gw)

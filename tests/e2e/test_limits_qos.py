@@ -1,6 +1,7 @@
 """Past SLURM's limits (issue 13): scale(2000) leaves as arrays within MaxArraySize, all in
 the queue within seconds; under a QOS's MaxSubmitJobsPerUser the gateway submits what fits,
-holds the rest, tells the user why in the cluster's report, and submits them as jobs end."""
+holds the rest, tells the user why in the cluster's report, drops held workers first when
+the user scales down, and submits them as the user's jobs end."""
 
 from __future__ import annotations
 
@@ -51,24 +52,36 @@ def test_scale_2000_is_in_the_queue_within_5_s_as_arrays(as_user, make_gateway):
 def test_a_qos_submit_limit_holds_workers_in_the_gateway_until_jobs_end(as_user, make_gateway):
     gw = make_gateway(HELD_WORKERS + "c.SlurmBackend.held_retry_period = 600\n")
     with submit_limit("bob", QOS_LIMIT):
-        name = as_user(
+        # Another cluster of bob's first: its scheduler and 10 workers (11 jobs).
+        names = as_user(
             "bob",
             """
-            cluster = Gateway().new_cluster(shutdown_on_close=False, worker_memory=0.5)
-            cluster.scale(80)
-            report(name=cluster.name)
+            gateway = Gateway()
+            other = gateway.new_cluster(shutdown_on_close=False, worker_memory=0.5)
+            other.scale(10)
+            cluster = gateway.new_cluster(shutdown_on_close=False, worker_memory=0.5)
+            report(name=cluster.name, other=other.name)
             """,
             via=gw,
-        )["name"]
+        )
         try:
-            held_and_released(as_user, gw, name)
+            assert wait_until(lambda: len(queued_tasks("bob")) == 12, 30), queued_tasks("bob")
+            held_and_released(as_user, gw, names["name"], names["other"])
         finally:
-            as_user("bob", f"Gateway().stop_cluster({name!r}); report()", via=gw)
+            for name in names.values():
+                as_user("bob", f"Gateway().stop_cluster({name!r}); report()", via=gw)
             assert wait_until(lambda: not queued_tasks("bob"), 60), queued_tasks("bob")
 
 
-def held_and_released(as_user, gw, name: str) -> None:
-    # The scheduler's job and 49 workers' fit; 31 workers wait in the gateway.
+def pending_reason(as_user, gw, name: str) -> str | None:
+    return as_user(
+        "bob", f"report(r=Gateway().get_cluster({name!r}).options.get('pending_reason'))", via=gw
+    )["r"]
+
+
+def held_and_released(as_user, gw, name: str, other: str) -> None:
+    as_user("bob", f"Gateway().connect({name!r}).scale(80); report()", via=gw)
+    # This cluster's scheduler and 38 workers fit beside the other's 11 jobs; 42 wait.
     assert wait_until(lambda: len(queued_tasks("bob")) == QOS_LIMIT, 30), queued_tasks("bob")
     time.sleep(2)
     assert len(queued_tasks("bob")) == QOS_LIMIT
@@ -76,23 +89,29 @@ def held_and_released(as_user, gw, name: str) -> None:
         gateway = Gateway()
         report(
             get=gateway.get_cluster({name!r}).options.get("pending_reason"),
-            listed=[c.options.get("pending_reason") for c in gateway.list_clusters()],
+            listed={{c.name: c.options.get("pending_reason") for c in gateway.list_clusters()}},
         )
         """, via=gw)  # fmt: skip
     assert reasons["get"] == (
-        "31 workers wait in the gateway: SLURM refused more jobs "
+        "42 workers wait in the gateway: SLURM refused more jobs "
         "(QOSMaxSubmitJobPerUserLimit); they are submitted as your jobs end"
     ), reasons
-    assert reasons["listed"] == [reasons["get"]]
+    assert reasons["listed"] == {name: reasons["get"], other: None}
 
-    # Ten fewer workers: ten of the queued jobs end, and ten held workers take their place.
+    # Ten fewer workers: ten of those waiting in the gateway are dropped, not queued jobs.
     before = set(queued_tasks("bob"))
     as_user("bob", f"Gateway().connect({name!r}).scale(70); report()", via=gw)
+    assert wait_until(
+        lambda: (pending_reason(as_user, gw, name) or "").startswith("32 workers wait"), 30
+    ), pending_reason(as_user, gw, name)
+    time.sleep(2)
+    assert set(queued_tasks("bob")) == before
+
+    # The other cluster's 10 workers end: 10 waiting workers take their place.
+    as_user("bob", f"Gateway().connect({other!r}).scale(0); report()", via=gw)
     replaced = wait_until(
         lambda: len(set(queued_tasks("bob")) - before) == 10 and queued_tasks("bob"), 60
     )
     assert replaced and len(replaced) == QOS_LIMIT, queued_tasks("bob")
-    reason = as_user(
-        "bob", f"report(r=Gateway().get_cluster({name!r}).options.get('pending_reason'))", via=gw
-    )["r"]
-    assert reason.startswith("21 workers wait in the gateway"), reason
+    reason = pending_reason(as_user, gw, name)
+    assert reason.startswith("22 workers wait in the gateway"), reason

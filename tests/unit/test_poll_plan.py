@@ -4,10 +4,13 @@ once and at the follow-ups, every job at the sweep; running jobs nobody suspects
 from slurm_gateway.poll_plan import (
     COMPLETING_PERIOD,
     FOLLOW_UPS,
+    OVERDUE_PERIODS,
     SUSPICION_COOLDOWN,
+    Overdue,
     PollPeriods,
     PollPlan,
     awaits_start,
+    overdue_heartbeats,
 )
 from slurm_gateway.slurm import JobInfo
 
@@ -127,3 +130,22 @@ def test_a_job_that_reports_its_end_again_is_not_asked_about_again():
     plan.forget(["1"])
     assert plan.reported("1", now=11) is True  # (only a job id the gateway tracks again)
     assert plan.next_round(11, RUNNING).job_ids == ["1"]
+
+
+def test_a_scheduler_whose_heartbeat_is_overdue_is_suspected_and_the_next_one_awaited():
+    # Heartbeats every 10 s: overdue after 15 s without one.
+    heard = {"1": 100.0, "2": 110.0}
+    assert overdue_heartbeats(heard, 114.0, 10) == Overdue([], 115.0)
+    assert overdue_heartbeats(heard, 115.0, 10) == Overdue(["1"], 125.0)
+    assert overdue_heartbeats(heard, 200.0, 10) == Overdue(["1", "2"], None)
+    assert overdue_heartbeats({}, 200.0, 10) == Overdue([], None)
+    assert OVERDUE_PERIODS * 15 < 2 * 15  # before the stock heartbeat timeout's default
+
+
+def test_a_job_just_submitted_can_be_suspected_at_once_after():
+    plan = PollPlan(PERIODS, now=0)
+    plan.submitted(["1"], 0)
+    assert plan.next_round(0, RUNNING).job_ids == ["1"]
+    assert plan.suspect(["1"], 2) == ["1"]  # e.g. its heartbeat overdue, 2 s after
+    assert plan.next_round(2, RUNNING).job_ids == ["1"]
+    assert plan.suspect(["1"], 3) == []  # within the cooldown of that suspicion

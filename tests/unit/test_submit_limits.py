@@ -118,7 +118,7 @@ class FakeSubmission(WorkerSubmission):
     def _track(self, job_id, cluster, worker=None):
         self.tracked[job_id] = worker.name
 
-    def suspect(self, job_ids):  # SLURM is asked about new jobs at once (job_ends)
+    def watch_submitted(self, job_ids):  # SLURM is asked about new jobs at once (job_ends)
         self.suspected += job_ids
 
     def _forget(self, job_ids):
@@ -240,3 +240,32 @@ async def _held_meanwhile(tmp_path):
     backend._submit_worker_jobs = newer_held_meanwhile
     await backend._release_held("carol")
     assert held_workers(cluster) == [] and "job_id" in later[0].state
+
+
+def test_held_workers_slurm_then_refuses_for_another_reason_fail_with_it(tmp_path):
+    asyncio.run(_held_then_refused(tmp_path))
+
+
+async def _held_then_refused(tmp_path):
+    data = database(tmp_path)
+    cluster = data.create_cluster("carol", {}, {})
+    data.update_cluster(cluster, state={"log_directory": "/logs"})
+    backend = FakeSubmission(data, free=0)
+    workers = await start(backend, cluster, 3)
+    assert held_workers(cluster) == workers
+    failures, queued = [], []
+    backend.queue = type("Queue", (), {"put": lambda self, w: queued.append(w)})()
+    backend.record_worker_failure = lambda cluster, text: failures.append(text)
+
+    async def refused(cluster, script, tasks):
+        raise SlurmError("sbatch: error: Batch job submission failed: Invalid account")
+
+    backend._submit = refused
+    await backend._release_held("carol")
+    assert held_workers(cluster) == []
+    assert [w.target for w in workers] == [JobStatus.FAILED] * 3 and queued == workers
+    assert failures == [
+        "3 held worker(s) not submitted: sbatch: error: Batch job "
+        "submission failed: Invalid account"
+    ]
+    assert cluster.worker_start_failure_count == 3 and cluster.state["held_because"] is None
