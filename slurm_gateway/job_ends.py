@@ -40,9 +40,10 @@ class JobEnds:
         self.reported_tails: dict[str, str] = {}
         self.task_pool.spawn(self._watch_forever())
 
-    def suspect(self, job_ids: list[str]) -> None:
-        """Ask SLURM about these jobs now and at the follow-ups."""
-        self.poll_plan.suspect(job_ids, time.monotonic())
+    def suspect(self, job_ids: list[str], user: str | None = None) -> None:
+        """Ask SLURM about these jobs now and at the follow-ups (within ``user``'s budget
+        when she caused the suspicion: see :mod:`~slurm_gateway.poll_plan`)."""
+        self.poll_plan.suspect(job_ids, time.monotonic(), user)
         self._wake_watch.set()
 
     def forget_watched(self, job_ids: list[str]) -> None:
@@ -65,13 +66,13 @@ class JobEnds:
             and worker.state.get("job_id")
         ]
         if missing:
-            self.suspect(missing)
+            self.suspect(missing, cluster.username)
 
     async def job_ended(self, cluster: Cluster, report: EndReport) -> None:
         """A job of ``cluster`` says it ended: ask SLURM about it now."""
         if self.tracker.get(report.job_id) is None:
             return  # already forgotten: the gateway itself stopped it
-        if not self.poll_plan.reported(report.job_id, time.monotonic()):
+        if not self.poll_plan.reported(report.job_id, time.monotonic(), cluster.username):
             return  # a repeated report: neither logged nor asked about again
         self.log.info(
             "Cluster %s: %s job %s reports its end (exit status %d%s)",
