@@ -107,7 +107,10 @@ class JobEnds:
     async def poll_slurm(self, only: list[str] | None = None) -> None:
         """Ask SLURM about the tracked jobs (or ``only`` these), and act on their ends."""
         await self.tracker.poll(only)
-        for info in self.tracker.take_ended():
+        ended = self.tracker.take_ended()
+        if ended:
+            self.release_shared_held_soon()  # a limit shared with their users may fit more
+        for info in ended:
             owner = self.owners.get(info.job_id)
             cluster = self.db.get_cluster(owner.cluster) if owner else None
             if cluster is None:

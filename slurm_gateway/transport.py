@@ -17,6 +17,7 @@ import asyncio
 import os
 import signal
 import time
+import unicodedata
 import weakref
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -30,6 +31,18 @@ from .identity import POSIX_NAME
 # then to be reaped after SIGKILL, before run() gives up on it.
 TERM_GRACE = 2.0
 KILL_WAIT = 2.0
+#: Characters of a command's output kept in its :meth:`CommandResult.summary`.
+MAX_SUMMARY_CHARS = 300
+
+
+def readable(text: str, max_chars: int = MAX_SUMMARY_CHARS) -> str:
+    """``text`` on one line (line breaks as `` | ``), control and formatting characters
+    (terminal escapes, bidi overrides) shown as ``?``, cut to ``max_chars``: what SLURM's
+    commands print may quote another user's bytes (a job name, a reason, a path)."""
+    lines = text[: max_chars * 16].splitlines()
+    text = " | ".join(line.strip() for line in lines if line.strip())[: max_chars + 1]
+    text = "".join("?" if unicodedata.category(c) in ("Cc", "Cf") else c for c in text)
+    return text if len(text) <= max_chars else text[: max_chars - 3] + "..."
 
 
 @dataclass(frozen=True)
@@ -47,8 +60,9 @@ class CommandResult:
         return self.returncode == 0 and not self.truncated and not self.stopped
 
     def summary(self) -> str:
-        """``sbatch exited 1: sbatch: error: ...`` for messages and logs (at most ~2100 chars)."""
-        detail = (self.stderr.strip() or self.stdout.strip()).replace("\n", " | ")[:2000]
+        """``sbatch exited 1: sbatch: error: ...`` for messages and logs: :func:`readable`,
+        at most ~400 characters."""
+        detail = readable(self.stderr.strip() or self.stdout.strip())
         name = os.path.basename(self.argv[0])
         if self.stopped:
             return f"{name} {self.stopped}; the command was stopped: {detail}"

@@ -132,7 +132,7 @@ def test_a_job_that_reports_its_end_again_is_not_asked_about_again():
     assert plan.next_round(11, RUNNING).job_ids == ["1"]
 
 
-def rounds(plan: PollPlan, jobs: dict, until: float, arrivals: dict[float, list] = {}) -> list:
+def rounds(plan: PollPlan, jobs: dict, until: float, arrivals: dict[float, list]) -> list:
     """The rounds that ask something, as the watch loop runs them until ``until``; at
     each time of ``arrivals``, its ``(job_id, user)`` end reports arrive first."""
     asked, now, pending = [], 0.0, sorted(arrivals.items())
@@ -159,7 +159,7 @@ def test_a_flood_of_one_users_reports_asks_slurm_a_bounded_number_of_times():
     # Unbounded, that is a round per report and per follow-up (1600 squeue calls); within
     # her budget, a few a second while it lasts (10 s), then the follow-ups' tail.
     assert len(asked) <= 40, len(asked)
-    assert all(b - a >= MIN_ROUND_GAP for (a, _), (b, _) in zip(asked, asked[1:]))
+    assert all(b - a >= MIN_ROUND_GAP for (a, _), (b, _) in zip(asked, asked[1:], strict=False))
     assert {j for _, ids in asked for j in ids} == set(jobs)  # and every report is asked about
 
 

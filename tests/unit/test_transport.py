@@ -11,7 +11,7 @@ import tracemalloc
 
 import pytest
 
-from slurm_gateway.transport import CommandResult, LocalSudoRunner
+from slurm_gateway.transport import MAX_SUMMARY_CHARS, CommandResult, LocalSudoRunner
 
 
 def _run(runner, argv, **kwargs):
@@ -47,6 +47,16 @@ def test_output_and_exit_code():
     assert (result.returncode, result.stdout, result.stderr) == (3, "out\n", "err\n")
     assert not result.ok and not result.truncated and not result.stopped
     assert result.summary() == "sh exited 3: err"
+
+
+def test_a_summary_is_one_readable_bounded_line_whatever_slurm_quotes():
+    # SLURM's messages may quote another user's bytes (a job name, a path): terminal
+    # escapes, a bidi override, a forged log line, a flood.
+    hostile = "sbatch: error: job \x1b]0;owned\x07\x1b[2J\u202eevil\r\nFAKE LOG LINE\t" + "x" * 9000
+    summary = CommandResult(["/usr/bin/sbatch"], 1, "", hostile).summary()
+    assert summary.startswith("sbatch exited 1: sbatch: error: job ?]0;owned??[2J?evil | FAKE")
+    assert summary.endswith("...") and len(summary) <= len("sbatch exited 1: ") + MAX_SUMMARY_CHARS
+    assert all(char.isprintable() for char in summary), summary
 
 
 def test_stdin_and_a_clean_environment_in_the_root_directory():
