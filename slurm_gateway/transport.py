@@ -19,7 +19,7 @@ import signal
 import time
 import unicodedata
 import weakref
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
 
 from traitlets import Float, Integer, List, Unicode
@@ -224,7 +224,7 @@ class LocalSudoRunner(CommandRunner):
             if cancelled and not capture.exited.done():
                 # Stopped as a timed-out command is, in the background: SIGKILL at once would
                 # kill sudo only, leaving the user's command running without anyone to end it.
-                _in_background(self._stop_and_close(transport, capture, full_argv[0]))
+                in_background(self._stop_and_close(transport, capture, full_argv[0]))
             else:
                 if not capture.exited.done():  # _stop gave up on it
                     _signal_group(transport.get_pid(), signal.SIGKILL)
@@ -251,10 +251,9 @@ class LocalSudoRunner(CommandRunner):
         if not exited.done():
             self.log.warning("%s (pid %d) did not exit after SIGKILL; left behind", program, pgid)
 
-
     def _end_started(self, starting: asyncio.Future, program: str) -> None:
         if not starting.cancelled() and starting.exception() is None:
-            _in_background(self._stop_and_close(*starting.result(), program))
+            in_background(self._stop_and_close(*starting.result(), program))
 
     async def _stop_and_close(self, transport, capture: _Capture, program: str) -> None:
         """End a cancelled command: :meth:`_stop`, then close its transport (the child
@@ -271,7 +270,8 @@ class LocalSudoRunner(CommandRunner):
 _ending: set[asyncio.Task] = set()
 
 
-def _in_background(coroutine) -> None:
+def in_background(coroutine: Coroutine) -> None:
+    """Run ``coroutine`` as a task kept referenced until it ends (ending a command)."""
     task = asyncio.ensure_future(coroutine)
     _ending.add(task)
     task.add_done_callback(_ending.discard)
