@@ -70,6 +70,22 @@ admin_psql() {
         -d postgres "$@"
 }
 
+# Writes stdin to $PG_DATA/$1 as the postgres account, mode 0600, through a new file renamed
+# over the old one. Root never opens a path in postgres's directory: a link planted there
+# (by whoever runs as postgres) would take root's write anywhere; here it is replaced, not
+# followed, and postgres writes only what postgres may write anyway.
+write_as_postgres() {
+    # shellcheck disable=SC2016 # expanded by the inner shell
+    as_postgres sh -c 'umask 077; new=$(mktemp "$1/.$2.XXXXXX") &&
+        { cat >"$new" && mv -fT -- "$new" "$1/$2"; } || { rm -f -- "$new"; exit 1; }' \
+        sh "$PG_DATA" "$1" || die "could not write $PG_DATA/$1"
+}
+
+# $PG_DATA/$1 as postgres reads it (bounded; empty if it cannot).
+read_as_postgres() {
+    as_postgres timeout 10 head -c 65536 -- "$PG_DATA/$1" 2>/dev/null || true
+}
+
 write_config() {
     install -d -o root -g root -m 0755 "$PG_HOME"
     getent group "$SERVICE_USER" >/dev/null ||
@@ -85,12 +101,13 @@ write_config() {
     install -o "$PG_OS_USER" -g "$PG_OS_USER" -m 0600 /dev/null "$PG_LOG.new"
     [[ -f $PG_LOG ]] || mv "$PG_LOG.new" "$PG_LOG"
     rm -f "$PG_LOG.new"
-    grep -qx "include 'slurm-gateway.conf'" "$PG_DATA/postgresql.conf" ||
-        echo "include 'slurm-gateway.conf'" >>"$PG_DATA/postgresql.conf"
-    local before
-    before=$(cat "$PG_DATA/slurm-gateway.conf" 2>/dev/null || true)
-    cat >"$PG_DATA/slurm-gateway.conf" <<EOF
-# Written by scripts/postgres.sh (slurm-gateway); rewritten by each 'up'.
+    local before config
+    # shellcheck disable=SC2016 # expanded by the inner shell
+    as_postgres timeout 10 sh -c 'grep -qx "$2" "$1" || printf "%s\n" "$2" >>"$1"' \
+        sh "$PG_DATA/postgresql.conf" "include 'slurm-gateway.conf'" ||
+        die "could not include slurm-gateway.conf in $PG_DATA/postgresql.conf"
+    before=$(read_as_postgres slurm-gateway.conf)
+    config="# Written by scripts/postgres.sh (slurm-gateway); rewritten by each 'up'.
 listen_addresses = '' # the Unix socket only
 port = $PG_PORT
 unix_socket_directories = '$PG_SOCKET_DIR'
@@ -99,19 +116,17 @@ max_connections = 50
 shared_buffers = 32MB
 password_encryption = 'scram-sha-256'
 log_min_messages = warning
-log_connections = off
-EOF
-    cat >"$PG_DATA/pg_hba.conf" <<EOF
+log_connections = off"
+    write_as_postgres slurm-gateway.conf <<<"$config"
+    write_as_postgres pg_hba.conf <<EOF
 # Written by scripts/postgres.sh (slurm-gateway); rewritten by each 'up'.
 # Unix socket, peer authentication only: the role is the connecting Unix account.
 # TYPE  DATABASE  USER              ADDRESS      METHOD
 local   all       $PG_OS_USER                    peer
 local   all       $SERVICE_USER                  peer
 EOF
-    chown "$PG_OS_USER:$PG_OS_USER" "$PG_DATA/slurm-gateway.conf" "$PG_DATA/pg_hba.conf"
-    chmod 0600 "$PG_DATA/slurm-gateway.conf" "$PG_DATA/pg_hba.conf"
     # Where the server listens is read at its start only: a running one restarts.
-    [[ $before == "$(cat "$PG_DATA/slurm-gateway.conf")" ]] || CONFIG_CHANGED=1
+    [[ $before == "$config" ]] || CONFIG_CHANGED=1
 }
 
 running() { as_postgres "$(pg_bin)/pg_ctl" status -D "$PG_DATA" >/dev/null 2>&1; }
@@ -152,8 +167,9 @@ stop_server() {
     if [[ -n $bin && -f $PG_DATA/PG_VERSION ]]; then
         running && as_postgres "$bin/pg_ctl" stop -D "$PG_DATA" -m fast -w -t 60 >/dev/null
     elif [[ -f $PG_DATA/postmaster.pid ]]; then # the package is gone: stop it by its pid
-        pid=$(head -n 1 "$PG_DATA/postmaster.pid")
-        [[ $pid =~ ^[0-9]+$ ]] && kill -TERM "$pid" 2>/dev/null || true
+        # Read and signalled as postgres: a pid planted there cannot make root kill anything.
+        pid=$(read_as_postgres postmaster.pid | head -n 1)
+        [[ $pid =~ ^[0-9]+$ ]] && as_postgres kill -TERM "$pid" 2>/dev/null || true
     fi
     return 0
 }

@@ -186,7 +186,7 @@ class ClusterAdmission:
         identity = None
         if cache.max_age > 0:
             identity = await read_identity(
-                prefix, lambda: self.as_user.environment_identity(username, prefix)
+                prefix, lambda: self.as_user.environment_identity(username, prefix), user=username
             )
             if cache.is_known_good(username, prefix, identity, time.monotonic()):
                 self.log.info(

@@ -106,6 +106,7 @@ class SlurmBackend(
         )
         self.task_pool.spawn(sweep)
         self._releasing: set[str] = set()  # users whose held workers are being submitted
+        self._shared_retried: dict[str, float] = {}  # when, on others' job ends (by user)
         self.task_pool.spawn(
             self._every(self.held_retry_period, self.release_all_held, "submitting held workers")
         )

@@ -15,7 +15,12 @@ checked: a stale entry can at worst let her own cluster start and then fail on t
 (the job script checks ``bin/python`` again and the failure carries the log's last line),
 never let one user reuse another's check. The identity is read by the gateway if it can
 stat the paths, else by the user helper as the user (``env-id``); either way off the event
-loop (in a pool of its own) and within a time limit, and no identity means a full check.
+loop and within a time limit, and no identity means a full check. A hung file system (an
+environment on a dead NFS server) cannot tie up the gateway for others: the stats run in a
+small pool of their own, never queued (a full check instead while it is busy), one at a time
+per path and per user, and a path whose stat still hangs is not stat'ed again; a helper
+that does not answer in time is ended (``transport``: SIGTERM, SIGKILL, reaped), and the
+user is not asked again for :data:`HUNG_BACKOFF` seconds.
 Not seen: packages an environment reaches outside its prefix (a ``.pth`` file naming
 another directory, system site-packages); their changes wait for ``env_check_max_age``.
 """
@@ -23,19 +28,28 @@ another directory, system site-packages); their changes wait for ``env_check_max
 from __future__ import annotations
 
 import asyncio
+import threading
+import time
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 
 from .envcheck import Identity, identity_from_json, stat_identity
 
 #: Seconds the gateway waits for an environment's identity before checking it in full.
 IDENTITY_TIMEOUT = 2.0
+#: Seconds during which a user whose ``env-id`` helper did not answer in time is not asked
+#: again (her requests are checked in full): a hung file system would leave one helper
+#: behind per request otherwise.
+HUNG_BACKOFF = 60.0
 
 #: Threads that stat environments: a hung file system ties up these, nothing else of the
 #: gateway's (their reads time out and the request is checked in full).
 STAT_THREADS = 4
 _stat_pool = ThreadPoolExecutor(STAT_THREADS, thread_name_prefix="env-identity")
+_stats_lock = threading.Lock()
+_stats: dict[str, str] = {}  # prefix -> user, for the stats running (maybe hung) now
+_helpers_busy: dict[str, float] = {}  # user -> until when her helper is not asked again
 
 #: Environments remembered per user (the least recently checked go first).
 MAX_ENTRIES_PER_USER = 16
@@ -89,21 +103,60 @@ class EnvCache:
 
 
 async def read_identity(
-    prefix: str, as_the_user: Callable[[], Awaitable[object]], timeout: float = IDENTITY_TIMEOUT
+    prefix: str,
+    as_the_user: Callable[[], Awaitable[object]],
+    timeout: float = IDENTITY_TIMEOUT,
+    user: str = "",
 ) -> Identity | None:
-    """The identity of ``prefix``: stat by the gateway in a thread of its own pool, or if
-    it may not look, ``as_the_user()`` (the user helper's ``env-id`` answer, None if it has
-    none); None if neither answers within ``timeout`` seconds (a hung file system): then
-    the request is checked in full."""
+    """The identity of ``prefix`` for ``user``: stat by the gateway in a thread of its own
+    pool, or if it may not look, ``as_the_user()`` (the user helper's ``env-id`` answer,
+    None if it has none); None if neither answers within ``timeout`` seconds (a hung file
+    system), or while a stat of the path or of the user's still runs, or the pool is busy:
+    then the request is checked in full."""
 
     async def read() -> Identity | None:
+        stat = _start_stat(prefix, user)
+        if stat is None:
+            return None
         try:
-            loop = asyncio.get_running_loop()
-            return await loop.run_in_executor(_stat_pool, stat_identity, prefix)
+            return await asyncio.wrap_future(stat)
         except PermissionError:
-            return identity_from_json(await as_the_user())
+            pass
+        now = time.monotonic()
+        if _helpers_busy.get(user, now) > now:
+            return None
+        if len(_helpers_busy) > 1024:
+            for name in [name for name, until in _helpers_busy.items() if until <= now]:
+                del _helpers_busy[name]
+        _helpers_busy[user] = now + HUNG_BACKOFF
+        try:
+            # Cancelled at the timeout: the helper is ended, and the user is not asked
+            # again for HUNG_BACKOFF seconds.
+            answer = await as_the_user()
+        except Exception:
+            _helpers_busy.pop(user, None)
+            raise
+        _helpers_busy.pop(user, None)
+        return identity_from_json(answer)
 
     try:
         return await asyncio.wait_for(read(), timeout)
     except (TimeoutError, OSError):
         return None
+
+
+def _start_stat(prefix: str, user: str) -> Future | None:
+    """The stat of ``prefix`` for ``user`` started in the pool, or None (not queued) while
+    one of that path or that user still runs, or every thread is taken."""
+    with _stats_lock:
+        if prefix in _stats or user in _stats.values() or len(_stats) >= STAT_THREADS:
+            return None
+        _stats[prefix] = user
+    stat = _stat_pool.submit(stat_identity, prefix)
+    stat.add_done_callback(lambda _: _stat_done(prefix))
+    return stat
+
+
+def _stat_done(prefix: str) -> None:
+    with _stats_lock:
+        _stats.pop(prefix, None)

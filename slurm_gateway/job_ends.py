@@ -41,9 +41,11 @@ class JobEnds:
         self.reported_tails: dict[str, str] = {}
         self.task_pool.spawn(self._watch_forever())
 
-    def suspect(self, job_ids: list[str]) -> list[str]:
-        """Ask SLURM about these jobs now and at the follow-ups; those newly suspected."""
-        fresh = self.poll_plan.suspect(job_ids, time.monotonic())
+    def suspect(self, job_ids: list[str], user: str | None = None) -> list[str]:
+        """Ask SLURM about these jobs now and at the follow-ups (within ``user``'s budget
+        when she caused the suspicion: see :mod:`~slurm_gateway.poll_plan`); those newly
+        suspected."""
+        fresh = self.poll_plan.suspect(job_ids, time.monotonic(), user)
         if fresh:
             self._wake_watch.set()
         return fresh
@@ -61,7 +63,10 @@ class JobEnds:
     def workers_missing(self, workers: list[Worker]) -> None:
         """Running workers their scheduler's heartbeat no longer lists: they may have
         ended, so SLURM is asked about their jobs (``poll_slurm`` replaces them if so)."""
-        fresh = self.suspect([w.state["job_id"] for w in workers if w.state.get("job_id")])
+        fresh = self.suspect(
+            [w.state["job_id"] for w in workers if w.state.get("job_id")],
+            workers[0].cluster.username if workers else None,
+        )
         if fresh:
             self.log.info("Worker job(s) %s missing from the heartbeat: asking SLURM", fresh)
 
@@ -90,7 +95,7 @@ class JobEnds:
         """A job of ``cluster`` says it ended: ask SLURM about it now."""
         if self.tracker.get(report.job_id) is None:
             return  # already forgotten: the gateway itself stopped it
-        if not self.poll_plan.reported(report.job_id, time.monotonic()):
+        if not self.poll_plan.reported(report.job_id, time.monotonic(), cluster.username):
             return  # a repeated report: neither logged nor asked about again
         self.log.info(
             "Cluster %s: %s job %s reports its end (exit status %d%s)",
@@ -128,7 +133,10 @@ class JobEnds:
     async def poll_slurm(self, only: list[str] | None = None) -> None:
         """Ask SLURM about the tracked jobs (or ``only`` these), and act on their ends."""
         await self.tracker.poll(only)
-        for info in self.tracker.take_ended():
+        ended = self.tracker.take_ended()
+        if ended:
+            self.release_shared_held_soon()  # a limit shared with their users may fit more
+        for info in ended:
             owner = self.owners.get(info.job_id)
             cluster = self.db.get_cluster(owner.cluster) if owner else None
             if cluster is None:

@@ -31,6 +31,7 @@ import weakref
 import asyncssh
 from traitlets import Float, Integer, List, Unicode, default
 
+from . import transport
 from .transport import KILL_WAIT, TERM_GRACE, CommandResult, CommandRunner, stop_reason
 
 #: stderr of a command that could not run because the login node is unreachable over SSH.
@@ -338,9 +339,14 @@ class SSHSudoRunner(CommandRunner):
             )
             if stopped:
                 await self._stop(chan, capture)
-        finally:
-            if not capture.closed.done():  # cancelled, or the command did not stop
+        except BaseException as exc:
+            if isinstance(exc, asyncio.CancelledError) and not capture.closed.done():
+                transport.in_background(self._stop(chan, capture))  # as a timed-out one
+            else:
                 chan.close()
+            raise
+        if not capture.closed.done():  # the command did not stop
+            chan.close()
         status = chan.get_exit_status()
         if not stopped and status is None:
             # The connection broke before the command's end was known: maybe it ran

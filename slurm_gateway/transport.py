@@ -17,8 +17,9 @@ import asyncio
 import os
 import signal
 import time
+import unicodedata
 import weakref
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
 
 from traitlets import Float, Integer, List, Unicode
@@ -30,6 +31,18 @@ from .identity import POSIX_NAME
 # then to be reaped after SIGKILL, before run() gives up on it.
 TERM_GRACE = 2.0
 KILL_WAIT = 2.0
+#: Characters of a command's output kept in its :meth:`CommandResult.summary`.
+MAX_SUMMARY_CHARS = 300
+
+
+def readable(text: str, max_chars: int = MAX_SUMMARY_CHARS) -> str:
+    """``text`` on one line (line breaks as `` | ``), control and formatting characters
+    (terminal escapes, bidi overrides) shown as ``?``, cut to ``max_chars``: what SLURM's
+    commands print may quote another user's bytes (a job name, a reason, a path)."""
+    lines = text[: max_chars * 16].splitlines()
+    text = " | ".join(line.strip() for line in lines if line.strip())[: max_chars + 1]
+    text = "".join("?" if unicodedata.category(c) in ("Cc", "Cf") else c for c in text)
+    return text if len(text) <= max_chars else text[: max_chars - 3] + "..."
 
 
 @dataclass(frozen=True)
@@ -47,8 +60,9 @@ class CommandResult:
         return self.returncode == 0 and not self.truncated and not self.stopped
 
     def summary(self) -> str:
-        """``sbatch exited 1: sbatch: error: ...`` for messages and logs (at most ~2100 chars)."""
-        detail = (self.stderr.strip() or self.stdout.strip()).replace("\n", " | ")[:2000]
+        """``sbatch exited 1: sbatch: error: ...`` for messages and logs: :func:`readable`,
+        at most ~400 characters."""
+        detail = readable(self.stderr.strip() or self.stdout.strip())
         name = os.path.basename(self.argv[0])
         if self.stopped:
             return f"{name} {self.stopped}; the command was stopped: {detail}"
@@ -166,8 +180,8 @@ class LocalSudoRunner(CommandRunner):
         full_argv = argv if user is None else [self.sudo, "-n", "-u", user, "--", *argv]
         env = dict(item.split("=", 1) for item in self.environment)
         loop = asyncio.get_running_loop()
-        try:
-            transport, capture = await loop.subprocess_exec(
+        starting = asyncio.ensure_future(
+            loop.subprocess_exec(
                 lambda: _Capture(self.max_output, loop),
                 *full_argv,
                 stdin=asyncio.subprocess.PIPE if stdin is not None else asyncio.subprocess.DEVNULL,
@@ -178,8 +192,16 @@ class LocalSudoRunner(CommandRunner):
                 # Its own process group, so that stopping it reaches what it started too.
                 start_new_session=True,
             )
+        )
+        try:
+            # Shielded: a command cancelled while it starts is ended once started (below).
+            transport, capture = await asyncio.shield(starting)
+        except asyncio.CancelledError:
+            starting.add_done_callback(lambda done: self._end_started(done, full_argv[0]))
+            raise
         except OSError as exc:
             return CommandResult(argv, -1, "", f"could not run {full_argv[0]}: {exc}")
+        cancelled = False
         try:
             if stdin is not None:
                 pipe = transport.get_pipe_transport(0)
@@ -195,14 +217,18 @@ class LocalSudoRunner(CommandRunner):
             )
             if stopped:
                 await self._stop(transport.get_pid(), capture.exited, full_argv[0])
+        except asyncio.CancelledError:
+            cancelled = True
+            raise
         finally:
-            if not capture.exited.done():  # run() was cancelled, or _stop gave up on it
-                _signal_group(transport.get_pid(), signal.SIGKILL)
-            try:
-                # Closes the pipes even if a grandchild still holds them open.
-                transport.close()
-            except PermissionError:  # a process the gateway may not signal; logged by _stop
-                pass
+            if cancelled and not capture.exited.done():
+                # Stopped as a timed-out command is, in the background: SIGKILL at once would
+                # kill sudo only, leaving the user's command running without anyone to end it.
+                in_background(self._stop_and_close(transport, capture, full_argv[0]))
+            else:
+                if not capture.exited.done():  # _stop gave up on it
+                    _signal_group(transport.get_pid(), signal.SIGKILL)
+                _close(transport)
         return CommandResult(
             argv,
             -1 if stopped else transport.get_returncode(),
@@ -224,6 +250,39 @@ class LocalSudoRunner(CommandRunner):
         await asyncio.wait([exited], timeout=KILL_WAIT)
         if not exited.done():
             self.log.warning("%s (pid %d) did not exit after SIGKILL; left behind", program, pgid)
+
+    def _end_started(self, starting: asyncio.Future, program: str) -> None:
+        if not starting.cancelled() and starting.exception() is None:
+            in_background(self._stop_and_close(*starting.result(), program))
+
+    async def _stop_and_close(self, transport, capture: _Capture, program: str) -> None:
+        """End a cancelled command: :meth:`_stop`, then close its transport (the child
+        watcher reaps it)."""
+        try:
+            await self._stop(transport.get_pid(), capture.exited, program)
+        finally:
+            if not capture.exited.done():
+                _signal_group(transport.get_pid(), signal.SIGKILL)
+            _close(transport)
+
+
+#: Cancelled commands being ended (referenced until they are: a task may be collected).
+_ending: set[asyncio.Task] = set()
+
+
+def in_background(coroutine: Coroutine) -> None:
+    """Run ``coroutine`` as a task kept referenced until it ends (ending a command)."""
+    task = asyncio.ensure_future(coroutine)
+    _ending.add(task)
+    task.add_done_callback(_ending.discard)
+
+
+def _close(transport: asyncio.SubprocessTransport) -> None:
+    try:
+        # Closes the pipes even if a grandchild still holds them open.
+        transport.close()
+    except PermissionError:  # a process the gateway may not signal; logged by _stop
+        pass
 
 
 def _signal_group(pgid: int, signum: int) -> None:

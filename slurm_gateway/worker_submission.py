@@ -6,19 +6,30 @@ most ``MaxArraySize - 1``, see ``batching``). A batch SLURM refuses for a submit
 halved until a part fits (``submit_limits.SubmitPlan``); the workers that do not fit even as
 one job are *held*: their record says ``held`` instead of a job id, they count as alive and
 never time out, and they are submitted first (before any newer worker of their cluster) when
-jobs of their user end, or every ``held_retry_period`` seconds. The cluster's report tells
-the user why (``cluster_reports``). Held workers SLURM then refuses for another reason fail
-with it, as any worker whose submission fails.
+jobs of their user end, when anyone's job ends if the limit is a shared one
+(``submit_limits.is_shared_limit``), and every ``held_retry_period`` seconds whatever the
+limit. The cluster's report tells the user why (``cluster_reports``). Held workers SLURM
+then refuses for another reason fail with it, as any worker whose submission fails.
 """
 
 from __future__ import annotations
 
+import time
 from collections.abc import AsyncIterator
 
 from dask_gateway_server.backends.db_base import Cluster, JobStatus, Worker
 
 from .jobs import SlurmError
-from .submit_limits import Refusal, SubmitPlan, classify_refusal, is_held, limit_name
+from .submit_limits import (
+    SHARED_RETRY_GAP,
+    Refusal,
+    SubmitPlan,
+    classify_refusal,
+    held_reason,
+    is_held,
+    is_shared_limit,
+    limit_name,
+)
 
 
 def held_workers(cluster: Cluster) -> list[Worker]:
@@ -34,7 +45,8 @@ class WorkerSubmission:
     """The backend's worker submission. The backend provides ``_worker_submissions`` (a
     ``Coalescer`` of :meth:`_submit_workers`), ``_cancellations``, ``_job_script``,
     ``_submit``, ``_track``, ``_forget``, ``_record``, ``record_worker_failure``, ``db``,
-    ``queue``, ``task_pool`` and ``log``."""
+    ``queue``, ``task_pool``, ``log``, ``_releasing`` (a set) and ``_shared_retried`` (a
+    dict)."""
 
     async def do_start_worker(self, worker: Worker) -> AsyncIterator[dict]:
         # Workers started together (scale(n), adaptive growth) leave as one job array.
@@ -90,6 +102,7 @@ class WorkerSubmission:
         if plan.remaining:
             if limit is None:
                 raise SlurmError(f"SLURM refused even one worker job of cluster {cluster.name}")
+            limit = held_reason(limit)
             self._record(cluster, held_because=limit)
             self.log.info(
                 "Cluster %s: %d worker(s) held in the gateway (%s)",
@@ -138,9 +151,26 @@ class WorkerSubmission:
             self.task_pool.spawn(self._release_held(username))
 
     async def release_all_held(self) -> None:
-        """The retry timer: every user with held workers."""
+        """The retry timer (``held_retry_period``): every user with held workers, whatever
+        the limit (one shared with other users is freed by jobs the gateway may not see)."""
         for username in {c.username for c in self.db.active_clusters() if held_workers(c)}:
             self.release_held_soon(username)
+
+    def release_shared_held_soon(self) -> None:
+        """Some job ended: users whose workers a shared limit holds may fit now (each at
+        most every ``SHARED_RETRY_GAP`` seconds: a refused retry costs a few sbatch calls)."""
+        now = time.monotonic()
+        for cluster in self.db.active_clusters():
+            limit = cluster.state.get("held_because")
+            user = cluster.username
+            if (
+                limit
+                and is_shared_limit(limit)
+                and now >= self._shared_retried.get(user, -SHARED_RETRY_GAP) + SHARED_RETRY_GAP
+                and held_workers(cluster)
+            ):
+                self._shared_retried[user] = now
+                self.release_held_soon(user)
 
     async def _release_held(self, username: str) -> None:
         # Until none are left: workers held while this ran (behind the ones it submits)

@@ -4,6 +4,7 @@ the users nothing. The restart and load tests run against PostgreSQL too (their
 ``postgres`` parameters)."""
 
 import os
+import pwd
 import re
 import socket
 import stat
@@ -15,6 +16,7 @@ from harness import postgres
 from harness.processes import HarnessError, command_as
 
 RUNNING, STOPPED = "3", "5"  # dask-gateway-server's JobStatus values, as stored
+DATA = "/var/lib/slurm-gateway-postgres/data"  # scripts/postgres.sh's PG_DATA
 
 
 def test_the_gateway_keeps_its_state_in_postgresql(as_user, make_gateway):
@@ -116,6 +118,29 @@ def test_only_the_service_account_and_postgres_can_even_connect():
         probe.settimeout(5)
         probe.connect(("127.0.0.1", postgres.PORT))
     assert f":{postgres.PORT:04X} " not in listening_tcp(), "something listens on the port"
+
+
+def test_links_planted_in_the_data_directory_do_not_lead_roots_writes(tmp_path):
+    # Whoever runs as postgres (the server, a compromise of it) owns the data directory:
+    # links planted there for the files 'up' rewrites must not make root write elsewhere.
+    postgres.up()
+    victim = tmp_path / "victim"  # root's
+    victim.write_text("root's own\n")
+    victim.chmod(0o644)
+    rewritten = ("slurm-gateway.conf", "pg_hba.conf")
+    for name in rewritten:
+        planted = run(command_as("postgres", ["ln", "-sfn", str(victim), f"{DATA}/{name}"]))
+        assert planted.returncode == 0, planted.stderr
+    out = run(["bash", str(postgres.SCRIPT), "up"], timeout=120)
+    assert out.returncode == 0, out.stderr
+    seen = os.stat(victim)
+    assert victim.read_text() == "root's own\n"
+    assert (seen.st_uid, stat.S_IMODE(seen.st_mode)) == (0, 0o644)
+    for name in rewritten:  # replaced by the files themselves, postgres's, private
+        written = os.lstat(f"{DATA}/{name}")
+        assert stat.S_ISREG(written.st_mode) and stat.S_IMODE(written.st_mode) == 0o600, name
+        assert written.st_uid == pwd.getpwnam("postgres").pw_uid, name
+    assert postgres.query("SELECT 1") == [["1"]]
 
 
 def listening_tcp() -> str:

@@ -5,12 +5,23 @@ from __future__ import annotations
 
 import asyncio
 import os
+import threading
+import time
 
-from slurm_gateway.envcache import EnvCache, read_identity
+import pytest
+
+from slurm_gateway import envcache
+from slurm_gateway.envcache import STAT_THREADS, EnvCache, read_identity
 from slurm_gateway.envcheck import identity_from_json, stat_identity
 
 ID_A = ((1, 2, 3, 4, 5), None)
 ID_B = ((1, 2, 3, 4, 6), None)
+
+
+@pytest.fixture(autouse=True)
+def _fresh_helpers():
+    yield
+    envcache._helpers_busy.clear()
 
 
 def test_a_passed_check_is_reused_for_the_same_identity():
@@ -138,3 +149,72 @@ def test_read_identity_gives_none_when_it_takes_too_long(tmp_path, monkeypatch):
 
     monkeypatch.setattr("slurm_gateway.envcache.stat_identity", refused)
     assert asyncio.run(read_identity(str(tmp_path), slow, timeout=0.1)) is None
+
+
+@pytest.fixture
+def hung_nfs(monkeypatch):
+    """Stats of paths under /hung block until the test ends (a dead NFS server)."""
+    released, stats = threading.Event(), []
+    real = envcache.stat_identity
+
+    def stat(path):
+        stats.append(path)
+        if path.startswith("/hung"):
+            released.wait(30)
+            return None
+        return real(path)
+
+    monkeypatch.setattr("slurm_gateway.envcache.stat_identity", stat)
+    yield stats
+    released.set()
+    deadline = time.monotonic() + 5
+    while envcache._stats and time.monotonic() < deadline:
+        time.sleep(0.01)
+
+
+async def _never_asked():
+    raise AssertionError("the gateway may stat these")
+
+
+def test_a_hung_file_system_does_not_tie_up_the_identity_reads_of_others(tmp_path, hung_nfs):
+    prefix, _ = _venv(tmp_path)
+
+    async def reads():
+        # mallory asks about more environments on the dead server than there are threads.
+        hung = [
+            read_identity(f"/hung/env{n}", _never_asked, timeout=0.2, user="mallory")
+            for n in range(2 * STAT_THREADS)
+        ]
+        assert await asyncio.gather(*hung) == [None] * (2 * STAT_THREADS)
+        again = time.monotonic()
+        assert await read_identity("/hung/env0", _never_asked, timeout=1, user="bob") is None
+        not_waited = time.monotonic() - again
+        return not_waited, await read_identity(str(prefix), _never_asked, 1, user="alice")
+
+    not_waited, alices = asyncio.run(reads())
+    assert alices == stat_identity(str(prefix))  # not queued behind hung threads
+    assert not_waited < 0.1  # a path still hung is not stat'ed again: a full check at once
+    assert [p for p in hung_nfs if p.startswith("/hung")] == ["/hung/env0"]  # one thread
+
+
+def test_a_helper_that_does_not_answer_is_cancelled_and_not_asked_again_soon(monkeypatch):
+    def refused(path):
+        raise PermissionError(13, "Permission denied", path)
+
+    monkeypatch.setattr("slurm_gateway.envcache.stat_identity", refused)
+    calls, ended = [], []
+
+    async def hung_helper():
+        calls.append(True)
+        try:
+            await asyncio.sleep(30)
+        finally:
+            ended.append(True)  # the runner ends its process when this is cancelled
+
+    async def reads():
+        first = await read_identity("/env", hung_helper, timeout=0.1, user="carol")
+        second = await read_identity("/env", hung_helper, timeout=0.1, user="carol")
+        return first, second
+
+    assert asyncio.run(reads()) == (None, None)
+    assert calls == [True] and ended == [True]

@@ -4,8 +4,11 @@ once and at the follow-ups, every job at the sweep; running jobs nobody suspects
 from slurm_gateway.poll_plan import (
     COMPLETING_PERIOD,
     FOLLOW_UPS,
+    MIN_ROUND_GAP,
     OVERDUE_PERIODS,
     SUSPICION_COOLDOWN,
+    USER_BURST,
+    FollowUpBudget,
     Overdue,
     PollPeriods,
     PollPlan,
@@ -149,3 +152,53 @@ def test_a_job_just_submitted_can_be_suspected_at_once_after():
     assert plan.suspect(["1"], 2) == ["1"]  # e.g. its heartbeat overdue, 2 s after
     assert plan.next_round(2, RUNNING).job_ids == ["1"]
     assert plan.suspect(["1"], 3) == []  # within the cooldown of that suspicion
+
+
+def rounds(plan: PollPlan, jobs: dict, until: float, arrivals: dict[float, list]) -> list:
+    """The rounds that ask something, as the watch loop runs them until ``until``; at
+    each time of ``arrivals``, its ``(job_id, user)`` end reports arrive first."""
+    asked, now, pending = [], 0.0, sorted(arrivals.items())
+    while now < until:
+        while pending and pending[0][0] <= now:
+            for job_id, user in pending.pop(0)[1]:
+                plan.reported(job_id, now, user)
+        ids = plan.next_round(now, jobs).job_ids
+        if ids is None or ids:
+            asked.append((round(now, 3), ids))
+        wake = plan.wake_at(jobs)
+        if pending:
+            wake = min(wake, pending[0][0])
+        now = max(wake, now + 0.001)
+    return asked
+
+
+def test_a_flood_of_one_users_reports_asks_slurm_a_bounded_number_of_times():
+    # mallory's cluster reports 400 of its jobs ending, one every 25 ms, none true.
+    jobs = {str(n): JobInfo(str(n), state="RUNNING") for n in range(400)}
+    flood = {n * 0.025: [(str(n), "mallory")] for n in range(400)}
+    asked = rounds(PollPlan(PERIODS, now=0), jobs, until=60, arrivals=flood)
+    assert asked[0] == (0, ["0"])  # the first report is asked about at once
+    # Unbounded, that is a round per report and per follow-up (1600 squeue calls); within
+    # her budget, a few a second while it lasts (10 s), then the follow-ups' tail.
+    assert len(asked) <= 40, len(asked)
+    assert all(b - a >= MIN_ROUND_GAP for (a, _), (b, _) in zip(asked, asked[1:], strict=False))
+    assert {j for _, ids in asked for j in ids} == set(jobs)  # and every report is asked about
+
+
+def test_a_genuine_report_is_asked_about_at_once_while_another_user_floods():
+    jobs = {str(n): JobInfo(str(n), state="RUNNING") for n in range(401)}
+    flood = {n * 0.025: [(str(n), "mallory")] for n in range(400)}
+    flood[5.0] = [*flood.get(5.0, []), ("400", "alice")]  # alice's scheduler is scancelled
+    asked = rounds(PollPlan(PERIODS, now=0), jobs, until=20, arrivals=flood)
+    first = min(t for t, ids in asked if "400" in ids)
+    assert 5.0 <= first <= 5.0 + MIN_ROUND_GAP, asked
+
+
+def test_a_users_budget_starts_a_burst_at_once_then_one_series_per_interval():
+    budget = FollowUpBudget(burst=USER_BURST, interval=2.0)
+    assert [budget.start_at("mallory", 0) for _ in range(USER_BURST)] == [0] * USER_BURST
+    assert budget.start_at("mallory", 0) == 2.0  # waits, and later ones join it
+    assert budget.start_at("mallory", 1.5) == 2.0
+    assert budget.start_at("mallory", 2.5) == 4.0
+    assert budget.start_at("alice", 2.5) == 2.5  # another user's budget is her own
+    assert budget.start_at("mallory", 100) == 100  # refilled

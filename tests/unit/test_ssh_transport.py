@@ -278,6 +278,30 @@ def test_a_hanging_command_is_signalled_and_reported_after_the_timeout(node):
     assert node.signals[:1] == ["TERM"]
 
 
+def test_a_cancelled_command_is_signalled_as_a_timed_out_one_is(node):
+    runner = node.runner(timeout=60)
+
+    async def body():
+        task = asyncio.ensure_future(runner.run(["hang"]))
+        await _until(lambda: node.active == 1, within=5)
+        started = time.monotonic()
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        held_up = time.monotonic() - started
+        await _until(lambda: node.signals, within=3)
+        return held_up
+
+    held_up = _scenario(node, body)
+    assert held_up < 0.5 and node.signals[:1] == ["TERM"]  # sudo relays it to the command
+
+
+async def _until(condition, within: float) -> None:
+    deadline = time.monotonic() + within
+    while not condition() and time.monotonic() < deadline:
+        await asyncio.sleep(0.02)
+
+
 def test_channels_at_once_stay_below_max_channels(node):
     runner = node.runner(max_channels=3, max_concurrent=20)
 

@@ -15,10 +15,13 @@ from slurm_gateway.backend import SlurmBackend
 from slurm_gateway.cluster_reports import PendingReasonReports, report_problems, with_pending_reason
 from slurm_gateway.jobs import SlurmError
 from slurm_gateway.submit_limits import (
+    MAX_REASON_CHARS,
+    SHARED_RETRY_GAP,
     Refusal,
     SubmitPlan,
     classify_refusal,
     is_held,
+    is_shared_limit,
     limit_name,
     pending_reason,
 )
@@ -99,6 +102,8 @@ class FakeSubmission(WorkerSubmission):
         self.log = logging.getLogger("test")
         self.task_pool = self
         self.next_id = 100
+        self.refusal = f"SLURM refused the job: {QOS_REFUSAL}"
+        self._shared_retried: dict[str, float] = {}
 
     def spawn(self, coroutine):
         self.spawned.append(coroutine)
@@ -110,7 +115,7 @@ class FakeSubmission(WorkerSubmission):
     async def _submit(self, cluster, script, tasks):
         self.calls.append(tasks)
         if tasks > self.free:
-            raise SlurmError(f"SLURM refused the job: {QOS_REFUSAL}")
+            raise SlurmError(self.refusal)
         self.free -= tasks
         self.next_id += 1
         return [str(self.next_id)] if tasks == 1 else [f"{self.next_id}_{i}" for i in range(tasks)]
@@ -269,3 +274,112 @@ async def _held_then_refused(tmp_path):
         "submission failed: Invalid account"
     ]
     assert cluster.worker_start_failure_count == 3 and cluster.state["held_because"] is None
+
+
+class RunningSubmission(FakeSubmission):
+    """FakeSubmission whose background tasks (the releases) really run."""
+
+    def spawn(self, coroutine):
+        self.spawned.append(asyncio.ensure_future(coroutine))
+
+    async def settle(self):
+        while pending := [t for t in self.spawned if not t.done()]:
+            await asyncio.gather(*pending)
+
+
+def test_a_refusal_shown_as_the_held_reason_is_readable_and_bounded(tmp_path):
+    asyncio.run(_hostile_refusal(tmp_path))
+
+
+async def _hostile_refusal(tmp_path):
+    data = database(tmp_path)
+    cluster = data.create_cluster("carol", {}, {})
+    data.update_cluster(cluster, state={"log_directory": "/logs"})
+    backend = FakeSubmission(data, free=1)
+    hostile = "SLURM refused: node \x1b[2J\x1b]0;x\x07\u202egone\nFORGED" + "y" * 5000
+    submit = backend._submit
+
+    async def then_refused_otherwise(cluster, script, tasks):
+        if backend.free == 0 and tasks == 1:
+            # Not a submit limit: held as it is, in SLURM's words (which may quote others').
+            raise SlurmError(hostile)
+        return await submit(cluster, script, tasks)
+
+    backend._submit = then_refused_otherwise
+    await start(backend, cluster, 3)  # 3 refused for the limit, then 1 taken, then this
+    assert len(held_workers(cluster)) == 2
+    reason = cluster.state["held_because"]
+    assert reason.startswith("SLURM refused: node ?[2J?]0;x??gone | FORGED")
+    assert len(reason) <= MAX_REASON_CHARS and reason.isprintable()
+    # What an older record holds is made readable when shown.
+    data.update_cluster(cluster, state={**cluster.state, "held_because": hostile})
+    shown = with_pending_reason(cluster.to_model(), cluster).options["pending_reason"]
+    assert shown.isprintable() and len(shown) < MAX_REASON_CHARS + 150, shown
+
+
+def test_limits_shared_with_other_users_are_told_apart_from_per_user_ones():
+    assert not is_shared_limit("QOSMaxSubmitJobPerUserLimit")
+    assert not is_shared_limit("AssocMaxSubmitJobLimit")  # the user's own association
+    assert is_shared_limit("AssocGrpSubmitJobsLimit")  # the account's, all its users'
+    assert is_shared_limit("QOSGrpSubmitJobsLimit")
+    assert is_shared_limit("QOSMaxSubmitJobPerAccountLimit")
+    assert is_shared_limit("job submit limit")  # SLURM did not say whose
+    assert not is_shared_limit("QOSGrpCpuLimit")  # not a submit limit
+    assert pending_reason(2, "AssocGrpSubmitJobsLimit").endswith(
+        "they are submitted as jobs under that shared limit end"
+    )
+
+
+def test_workers_held_by_a_shared_limit_go_out_at_the_periodic_retry(tmp_path):
+    asyncio.run(_shared_periodic(tmp_path))
+
+
+async def _shared_periodic(tmp_path):
+    # carol and dave share their account's GrpSubmitJobs: dave's jobs end, not carol's, and
+    # the gateway sees none of it (dave uses SLURM directly): the retry timer releases hers.
+    data = database(tmp_path)
+    cluster = data.create_cluster("carol", {}, {})
+    data.update_cluster(cluster, state={"log_directory": "/logs"})
+    backend = RunningSubmission(data, free=0)
+    backend.refusal = f"sbatch: error: AssocGrpSubmitJobsLimit\n{POLICY}"
+    await start(backend, cluster, 3)
+    assert len(held_workers(cluster)) == 3
+    assert cluster.state["held_because"] == "AssocGrpSubmitJobsLimit"
+    backend.free = 10
+    timer = asyncio.ensure_future(SlurmBackend._every(backend, 0.05, backend.release_all_held, ""))
+    await asyncio.sleep(0.2)
+    timer.cancel()
+    await backend.settle()
+    assert held_workers(cluster) == [] and cluster.state["held_because"] is None
+
+
+def test_workers_held_by_a_shared_limit_go_out_as_anyones_jobs_end(tmp_path):
+    asyncio.run(_shared_on_job_end(tmp_path))
+
+
+async def _shared_on_job_end(tmp_path):
+    data = database(tmp_path)
+    carol = data.create_cluster("carol", {}, {})
+    erin = data.create_cluster("erin", {}, {})
+    for cluster in (carol, erin):
+        data.update_cluster(cluster, state={"log_directory": "/logs"})
+    backend = RunningSubmission(data, free=0)
+    backend.refusal = f"sbatch: error: AssocGrpSubmitJobsLimit\n{POLICY}"
+    await start(backend, carol, 2)
+    backend.refusal = f"SLURM refused the job: {QOS_REFUSAL}"  # erin's own limit
+    await start(backend, erin, 2)
+    backend.refusal = f"sbatch: error: AssocGrpSubmitJobsLimit\n{POLICY}"
+    await backend.settle()
+    backend.free, backend.calls = 1, []
+    backend.release_shared_held_soon()  # someone's job ended
+    await backend.settle()
+    assert len(held_workers(carol)) == 1 and len(held_workers(erin)) == 2
+    backend.free = 10
+    backend.release_shared_held_soon()  # another end at once: within the gap, not retried
+    await backend.settle()
+    assert len(held_workers(carol)) == 1
+    for user in backend._shared_retried:
+        backend._shared_retried[user] -= SHARED_RETRY_GAP
+    backend.release_shared_held_soon()
+    await backend.settle()
+    assert held_workers(carol) == [] and len(held_workers(erin)) == 2  # erin's: her own ends

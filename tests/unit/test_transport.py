@@ -11,7 +11,7 @@ import tracemalloc
 
 import pytest
 
-from slurm_gateway.transport import CommandResult, LocalSudoRunner
+from slurm_gateway.transport import MAX_SUMMARY_CHARS, CommandResult, LocalSudoRunner
 
 
 def _run(runner, argv, **kwargs):
@@ -47,6 +47,16 @@ def test_output_and_exit_code():
     assert (result.returncode, result.stdout, result.stderr) == (3, "out\n", "err\n")
     assert not result.ok and not result.truncated and not result.stopped
     assert result.summary() == "sh exited 3: err"
+
+
+def test_a_summary_is_one_readable_bounded_line_whatever_slurm_quotes():
+    # SLURM's messages may quote another user's bytes (a job name, a path): terminal
+    # escapes, a bidi override, a forged log line, a flood.
+    hostile = "sbatch: error: job \x1b]0;owned\x07\x1b[2J\u202eevil\r\nFAKE LOG LINE\t" + "x" * 9000
+    summary = CommandResult(["/usr/bin/sbatch"], 1, "", hostile).summary()
+    assert summary.startswith("sbatch exited 1: sbatch: error: job ?]0;owned??[2J?evil | FAKE")
+    assert summary.endswith("...") and len(summary) <= len("sbatch exited 1: ") + MAX_SUMMARY_CHARS
+    assert all(char.isprintable() for char in summary), summary
 
 
 def test_stdin_and_a_clean_environment_in_the_root_directory():
@@ -174,3 +184,63 @@ def test_results_built_by_position_keep_their_meaning():
     result = CommandResult(["squeue"], 0, "out", "err")
     assert result.ok and not result.truncated and result.stopped == ""
     assert not CommandResult(["squeue"], 0, "out", "", truncated=True).ok
+
+
+def _alive(pid: int) -> bool:
+    """Whether ``pid`` still runs (a zombie, not reaped yet, counts as alive)."""
+    return os.path.exists(f"/proc/{pid}")
+
+
+def test_a_cancelled_command_gets_sigterm_then_is_killed_and_reaped(tmp_path):
+    # Like sudo, the command relays SIGTERM to what it runs out of the gateway's reach (here
+    # a process in a session of its own): SIGKILL at once would leave that running. It is
+    # cancelled as soon as it runs, maybe before its start returned.
+    pids = tmp_path / "pids"
+    script = f"trap 'kill $c; exit' TERM; setsid sleep 300 & c=$!; echo $$ $c > {pids}; wait"
+
+    async def cancelled():
+        task = asyncio.ensure_future(LocalSudoRunner(timeout=60).run(["sh", "-c", script]))
+        while not pids.exists() or len(pids.read_text().split()) < 2:
+            await asyncio.sleep(0.01)
+        started = time.monotonic()
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        held_up = time.monotonic() - started
+        command, relayed = map(int, pids.read_text().split())
+        for _ in range(300):
+            if not _alive(command) and not _alive(relayed):
+                break
+            await asyncio.sleep(0.01)
+        return held_up, command, relayed
+
+    held_up, command, relayed = asyncio.run(cancelled())
+    try:
+        assert held_up < 0.5  # the caller is not kept waiting for the command's end
+        assert not _alive(relayed), "what the command ran was left running"
+        assert not _alive(command), "the command was not reaped"
+    finally:
+        for pid in (command, relayed):
+            if _alive(pid):
+                os.kill(pid, 9)
+
+
+def test_a_cancelled_command_ignoring_sigterm_is_killed_after_the_grace(tmp_path, monkeypatch):
+    monkeypatch.setattr("slurm_gateway.transport.TERM_GRACE", 0.3)
+    pid_file = tmp_path / "pid"
+
+    async def cancelled():
+        runner = LocalSudoRunner(timeout=60)
+        script = f"trap '' TERM; echo $$ > {pid_file}; sleep 300; sleep 300"
+        task = asyncio.ensure_future(runner.run(["sh", "-c", script]))
+        while not pid_file.exists() or not pid_file.read_text().strip():
+            await asyncio.sleep(0.01)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        pgid = int(pid_file.read_text())
+        await asyncio.sleep(1.0)
+        return pgid
+
+    pgid = asyncio.run(cancelled())
+    assert not _group_alive(pgid, within=1.0)
