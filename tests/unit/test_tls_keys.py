@@ -31,9 +31,13 @@ def _public(cert_pem: bytes, key_pem: bytes) -> tuple[bytes, bytes]:
 def test_the_certificate_is_the_stock_one_with_the_key_given():
     ours = keypair("c1", KeyPool().take())
     stock = new_keypair("c1")
-    assert _names(ours[0]) == _names(stock[0]) == (
-        "CN=dask-internal",
-        ["c1", "dask-internal", "skein-internal"],
+    assert (
+        _names(ours[0])
+        == _names(stock[0])
+        == (
+            "CN=dask-internal",
+            ["c1", "dask-internal", "skein-internal"],
+        )
     )
     assert ours[1].startswith(b"-----BEGIN PRIVATE KEY-----")
     cert_key, key = _public(*ours)
@@ -76,7 +80,8 @@ def test_a_new_cluster_gets_a_key_of_its_own():
     assert len({c.tls_key for c in clusters}) == 3
     for cluster in clusters:
         assert _names(cluster.tls_cert)[1][0] == cluster.name
-        assert _public(cluster.tls_cert, cluster.tls_key)[0] == _public(
-            cluster.tls_cert, cluster.tls_key
-        )[1]
+        assert (
+            _public(cluster.tls_cert, cluster.tls_key)[0]
+            == _public(cluster.tls_cert, cluster.tls_key)[1]
+        )
         assert data.get_cluster(cluster.name) is cluster
