@@ -22,7 +22,8 @@ and only here, the backend overrides private methods of ``DBBackendBase`` and wr
   "pass"; :func:`answer_health_with` makes it the backend's report (``health``).
 
 The worker records' bulk writes override more, in ``worker_writes`` (its ``OVERRIDDEN`` and
-``REPLACED``). :func:`internals_problems` lists what a new dask-gateway-server release
+``REPLACED``), and ``tls_keys`` copies the stock ``create_cluster`` and ``new_keypair``
+(its ``STOCK_SOURCES``). :func:`internals_problems` lists what a new dask-gateway-server release
 changed of what this relies on, the source of every overridden stock method included; the
 unit tests assert it is empty, so such a release fails them loudly.
 """
@@ -30,6 +31,7 @@ unit tests assert it is empty, so such a release fails them loudly.
 from __future__ import annotations
 
 import hashlib
+import importlib
 import inspect
 import time
 from collections.abc import Awaitable, Callable
@@ -58,6 +60,7 @@ from .lifecycle import (
     worker_start_failure,
     worker_start_timed_out,
 )
+from .tls_keys import STOCK_SOURCES
 from .worker_writes import OVERRIDDEN as BULK_OVERRIDDEN
 from .worker_writes import REPLACED, BulkWorkerOverrides
 
@@ -163,6 +166,12 @@ def internals_problems() -> list[str]:
                 problems.append(f"{cls.__name__}.{name} now takes {inspect.signature(method)}")
             elif source_digest(method) != digest:
                 problems.append(f"{cls.__name__}.{name} changed (digest {source_digest(method)})")
+    for (module, name), digest in STOCK_SOURCES.items():
+        function = importlib.import_module(module)
+        for part in name.split("."):
+            function = getattr(function, part, None)
+        if function is None or source_digest(function) != digest:
+            problems.append(f"{module}.{name} is gone or changed (copied in tls_keys)")
     columns = {column.name for column in workers_table.columns}
     if columns != WORKER_COLUMNS:
         problems.append(f"the workers table's columns are now {sorted(columns)}")

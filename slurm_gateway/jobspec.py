@@ -36,7 +36,7 @@ PRELOAD_FILE = "./slurm_gateway_preload.py"
 #: gets no ``--preload`` of it (dask would refuse to start without the file).
 PRELOAD_WRITE = '> "$DASK_GATEWAY_CREDENTIALS/slurm_gateway_preload.py"'
 
-#: dask-gateway's scheduler preload, after which ours must run.
+#: dask-gateway's scheduler preload, before which ours must be imported.
 GATEWAY_PRELOAD = "dask_gateway.scheduler_preload"
 
 SCHEDULER_PRELOAD_SOURCE = (Path(__file__).parent / "scheduler_preload.py").read_text()
@@ -106,12 +106,13 @@ def worker_command(
 
 
 def with_first_heartbeat(command: Sequence[str]) -> list[str]:
-    """The scheduler command with our preload right after dask-gateway's (whose service
-    it needs); unchanged if a site's command has no dask-gateway preload."""
+    """The scheduler command with our preload right before dask-gateway's (it defers the
+    import of dask-gateway's client, then sends the first heartbeat through dask-gateway's
+    service); unchanged if a site's command has no dask-gateway preload."""
     command = list(command)
     for n in range(len(command) - 1):
         if command[n] == "--preload" and command[n + 1] == GATEWAY_PRELOAD:
-            return [*command[: n + 2], "--preload", PRELOAD_FILE, *command[n + 2 :]]
+            return [*command[:n], "--preload", PRELOAD_FILE, *command[n:]]
     return command
 
 

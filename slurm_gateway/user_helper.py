@@ -26,8 +26,10 @@ import argparse
 import json
 import sys
 
-from .envcheck import probe, stat_identity
 from .userfs import prepare_log_directory, read_log_tail
+
+# envcheck (subprocess, selectors, signal) is imported by the env-check and env-id commands
+# only: log-dir runs for every new cluster, on the way to its sbatch.
 
 # The longest cluster name read from standard input.
 MAX_STDIN_LINE = 4096
@@ -90,8 +92,12 @@ def main(argv: list[str] | None = None) -> None:
     """Parse ``argv`` (default: the command line), do the subcommand, print its JSON line."""
     args = _parser().parse_args(argv)
     if args.command == "env-check":
+        from .envcheck import probe
+
         result = probe(args.prefix, timeout=args.timeout)
     elif args.command == "env-id":
+        from .envcheck import stat_identity
+
         try:
             result = {"identity": stat_identity(args.prefix)}
         except OSError as exc:

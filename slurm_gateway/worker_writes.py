@@ -34,6 +34,8 @@ from dask_gateway_server.backends.db_base import Cluster, DataManager, JobStatus
 from dask_gateway_server.backends.db_base import workers as workers_table
 from dask_gateway_server.utils import timestamp
 
+from .tls_keys import KeyPool, PooledKeyData
+
 #: Worker records in one SQL statement (one multi-row INSERT, or one executemany UPDATE).
 RECORDS_PER_STATEMENT = 100
 #: Seconds before worker changes the database refused are written again.
@@ -87,9 +89,10 @@ def insert_workers(data: DataManager, cluster: Cluster, count: int) -> list[Work
     return created
 
 
-class WriteBehindData(DataManager):
+class WriteBehindData(PooledKeyData):
     """The stock ``DataManager`` whose worker changes are written at the end of the event
-    loop's pass (see the module docstring); everything else is the stock code's."""
+    loop's pass (see the module docstring) and whose clusters' TLS keys are made ahead
+    (``tls_keys``); everything else is the stock code's."""
 
     _pending: dict[Worker, dict]
     _flush_handle: asyncio.Handle | None
@@ -101,6 +104,8 @@ class WriteBehindData(DataManager):
         adopted = cls.__new__(cls)
         adopted.__dict__.update(vars(data))
         adopted._pending, adopted._flush_handle, adopted._log = {}, None, log
+        adopted.keys = KeyPool()
+        adopted.keys.refill()
         return adopted
 
     def update_worker(self, worker: Worker, **kwargs) -> None:

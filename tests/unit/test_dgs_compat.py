@@ -87,3 +87,12 @@ def test_a_changed_stock_method_is_reported(monkeypatch):
     problems = internals_problems()
     assert any("DBBackendBase._cluster_to_closing changed" in p for p in problems), problems
     assert any("DataManager.update_workers changed" in p for p in problems), problems
+
+
+def test_a_changed_copied_stock_function_is_reported(monkeypatch):
+    # tls_keys copies the stock create_cluster and new_keypair: a release changing either
+    # fails the guard.
+    key = ("dask_gateway_server.tls", "new_keypair")
+    monkeypatch.setitem(dgs_compat.STOCK_SOURCES, key, "0")
+    problems = internals_problems()
+    assert any("dask_gateway_server.tls.new_keypair is gone or changed" in p for p in problems)

@@ -264,14 +264,14 @@ def test_scheduler_script():
     _bash_syntax_ok(script)
 
 
-def test_our_preload_runs_right_after_dask_gateways():
+def test_our_preload_is_imported_right_before_dask_gateways():
     base = ["dask-scheduler", "--preload", GATEWAY_PRELOAD, "--dg-api-address", ":0"]
     assert with_first_heartbeat(base) == [
         "dask-scheduler",
         "--preload",
-        GATEWAY_PRELOAD,
-        "--preload",
         PRELOAD_FILE,
+        "--preload",
+        GATEWAY_PRELOAD,
         "--dg-api-address",
         ":0",
     ]
