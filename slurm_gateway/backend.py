@@ -328,23 +328,20 @@ class SlurmBackend(
         self.release_held_soon(worker.cluster.username)
 
     async def _record_lost_worker(self, worker: Worker, job_id: str) -> None:
-        """A worker that left its scheduler unasked: its job's facts as SLURM has them now
-        (what the tracker holds may be minutes old), kept only if the job failed. A worker
-        that reached its ``--lifetime`` leaves the same way and ends COMPLETED."""
-        info = self.tracker.get(job_id)
-        if info is not None and not info.is_terminal:
-            await self.tracker.poll([job_id])
-            info = self.tracker.get(job_id)
-        info = info or JobInfo(job_id, state=UNKNOWN)
+        """A worker that left its scheduler unasked: kept as the cluster's worker failure
+        only if SLURM already said its job failed. Not asked now (a scheduler may list any
+        number of its workers as closed: that must not cost a squeue each); what the
+        tracker holds for a job still running may be minutes old, so it is not repeated.
+        A worker that reached its ``--lifetime`` leaves this way and ends COMPLETED."""
+        info = self.tracker.get(job_id) or JobInfo(job_id, state=UNKNOWN)
         if info.is_terminal and info.state != COMPLETED:
             self.record_worker_failure(worker.cluster, describe_job("worker", info))
         else:
             self.log.info(
-                "Cluster %s: worker %s left its scheduler (job %s %s)",
+                "Cluster %s: worker %s (job %s) left its scheduler",
                 worker.cluster.name,
                 worker.name,
                 job_id,
-                info.state,
             )
 
     def record_worker_failure(self, cluster: Cluster, text: str) -> None:

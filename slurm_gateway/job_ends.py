@@ -77,16 +77,20 @@ class JobEnds:
     def _suspect_overdue(self) -> float | None:
         """Suspect the scheduler jobs of running clusters not heard from for a while; when
         (monotonic) the next one will be overdue."""
-        last_heard = {
-            c.state["job_id"]: c.last_heartbeat / 1000
+        heard = [
+            c
             for c in self.db.active_clusters()
             if c.status == c.target == JobStatus.RUNNING  # a stopping one is not heard
             and c.last_heartbeat
             and c.state.get("job_id")
-        }
+        ]
+        last_heard = {c.state["job_id"]: c.last_heartbeat / 1000 for c in heard}
+        users = {c.state["job_id"]: c.username for c in heard}
         wall, now = time.time(), time.monotonic()
         overdue = overdue_heartbeats(last_heard, wall, self.cluster_heartbeat_period)
-        fresh = self.poll_plan.suspect(overdue.job_ids, now)
+        fresh = []  # a scheduler that heartbeats late on purpose costs its user's budget
+        for job_id in overdue.job_ids:
+            fresh += self.poll_plan.suspect([job_id], now, users[job_id])
         if fresh:
             self.log.info("Heartbeat overdue: asking SLURM about scheduler job(s) %s", fresh)
         return None if overdue.next_at is None else now + overdue.next_at - wall

@@ -216,7 +216,7 @@ class LocalSudoRunner(CommandRunner):
                 capture.truncated, capture.finished.done(), self.max_output, self.timeout
             )
             if stopped:
-                await self._stop(transport.get_pid(), capture.exited, full_argv[0])
+                await self._stop(transport.get_pid(), capture, full_argv[0])
         except asyncio.CancelledError:
             cancelled = True
             raise
@@ -238,17 +238,23 @@ class LocalSudoRunner(CommandRunner):
             stopped=stopped,
         )
 
-    async def _stop(self, pgid: int, exited: asyncio.Future, program: str) -> None:
+    async def _stop(self, pgid: int, capture: _Capture, program: str) -> None:
         """SIGTERM the command's process group, SIGKILL it after a grace, wait a bounded time.
 
         Through sudo, only the sudo process is the service account's to signal; sudo relays
-        SIGTERM to the command it runs.
+        SIGTERM to the command it runs. Once the command has exited and its output is closed
+        (nothing it started holds it), the group is not signalled: its pid may be another
+        process group's by then, and a user's command can exit on SIGTERM at will.
         """
+        if capture.finished.done():
+            return
         _signal_group(pgid, signal.SIGTERM)
-        await asyncio.wait([exited], timeout=TERM_GRACE)
+        await asyncio.wait([capture.finished], timeout=TERM_GRACE)
+        if capture.finished.done():
+            return
         _signal_group(pgid, signal.SIGKILL)
-        await asyncio.wait([exited], timeout=KILL_WAIT)
-        if not exited.done():
+        await asyncio.wait([capture.exited], timeout=KILL_WAIT)
+        if not capture.exited.done():
             self.log.warning("%s (pid %d) did not exit after SIGKILL; left behind", program, pgid)
 
     def _end_started(self, starting: asyncio.Future, program: str) -> None:
@@ -259,7 +265,7 @@ class LocalSudoRunner(CommandRunner):
         """End a cancelled command: :meth:`_stop`, then close its transport (the child
         watcher reaps it)."""
         try:
-            await self._stop(transport.get_pid(), capture.exited, program)
+            await self._stop(transport.get_pid(), capture, program)
         finally:
             if not capture.exited.done():
                 _signal_group(transport.get_pid(), signal.SIGKILL)

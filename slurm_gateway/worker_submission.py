@@ -132,14 +132,15 @@ class WorkerSubmission:
 
     def _fail_held(self, cluster: Cluster, held: list, exc: SlurmError) -> None:
         """SLURM refused held workers for another reason than a submit limit (fewer would
-        be refused too): they fail with that reason, as a worker whose sbatch fails does
-        (each counts against the cluster's failure limit), instead of waiting forever."""
+        be refused too): they fail with that reason instead of waiting forever. One refused
+        retry counts once against the cluster's failure limit, however many it held (a
+        passing slurmctld hiccup must not fail the cluster)."""
         held = [w for w in held if w.target == JobStatus.RUNNING and w.status < JobStatus.STOPPED]
         if not held:
             return
         self.record_worker_failure(cluster, f"{len(held)} held worker(s) not submitted: {exc}")
         self.db.update_workers([(w, {"target": JobStatus.FAILED}) for w in held])
-        cluster.worker_start_failure_count += len(held)
+        cluster.worker_start_failure_count += 1
         for worker in held:
             self.queue.put(worker)
         self._record(cluster, held_because=None)

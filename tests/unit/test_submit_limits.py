@@ -273,7 +273,7 @@ async def _held_then_refused(tmp_path):
         "3 held worker(s) not submitted: sbatch: error: Batch job "
         "submission failed: Invalid account"
     ]
-    assert cluster.worker_start_failure_count == 3 and cluster.state["held_because"] is None
+    assert cluster.worker_start_failure_count == 1 and cluster.state["held_because"] is None
 
 
 class RunningSubmission(FakeSubmission):

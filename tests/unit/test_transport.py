@@ -244,3 +244,27 @@ def test_a_cancelled_command_ignoring_sigterm_is_killed_after_the_grace(tmp_path
 
     pgid = asyncio.run(cancelled())
     assert not _group_alive(pgid, within=1.0)
+
+
+def test_a_command_that_exits_on_sigterm_is_not_sent_sigkill(monkeypatch):
+    # Once reaped, its pid is free: a SIGKILL after the grace could hit whichever process
+    # group took it (another user's sudo), and a user's helper can exit on SIGTERM at will.
+    import slurm_gateway.transport as transport
+
+    sent = []
+
+    async def stop():
+        capture = transport._Capture(100, asyncio.get_running_loop())
+
+        def signal_group(pgid, signum):
+            sent.append(signum)
+            capture.process_exited()  # the command exits on the first signal
+            capture.connection_lost(None)
+
+        monkeypatch.setattr(transport, "_signal_group", signal_group)
+        await LocalSudoRunner()._stop(4242, capture, "env-id")
+        sent.append("stopped")
+        await LocalSudoRunner()._stop(4243, capture, "env-id")  # already ended: not signalled
+
+    asyncio.run(stop())
+    assert sent == [transport.signal.SIGTERM, "stopped"]
