@@ -119,7 +119,10 @@ class BenchGateway(GatewayProcess):
     """A gateway of the benchmark, ``root/name``, whose SLURM queries are counted."""
 
     def __init__(self, name: str, server: Path, config: Callable[[Path], str], root: Path):
-        super().__init__(root / name, server, f"127.0.0.1:{PORTS[name]}", start_timeout=60)
+        workdir, again = root / name, 2
+        while workdir.exists():  # the same gateway started again by a later scenario
+            workdir, again = root / f"{name}-{again}", again + 1
+        super().__init__(workdir, server, f"127.0.0.1:{PORTS[name]}", start_timeout=60)
         self.name = name
         self.bin = self.workdir / "bin"
         self.bin.mkdir(parents=True)
