@@ -366,8 +366,9 @@ def _submit_limit(results: dict) -> list[str]:
         return []
     return [
         f"10. ours under a QOS of 50: {s10['queued']} jobs queued after {fmt(s10['to_limit'])} "
-        f"s, {s10['held']} held; the user reads {s10['pending_reason']!r}; after scale(70) "
-        f"fewer queued at {fmt(s10['ended'])} s, back at 50 at {fmt(s10['refilled'])} s"
+        f"s (beside another cluster of 10 workers), {s10['held']} held; the user reads "
+        f"{s10['pending_reason']!r}; after the other cluster's scale(0) fewer queued at "
+        f"{fmt(s10['ended'])} s, back at 50 at {fmt(s10['refilled'])} s"
     ]
 
 

@@ -136,11 +136,16 @@ def gw_scale_shutdown(address: str, options: dict, n: int, bound: float = 180) -
 
 
 def gw_submit_limit(address: str, options: dict, n: int, limit: int, fewer: int) -> dict:
-    """Scenario 10, under a QOS of ``limit`` submitted jobs: scale(n), until ``limit`` jobs
-    are queued (the rest held in the gateway) and the reason the user reads; then
-    scale(n - fewer): when ``fewer`` jobs have left the queue, and when held workers have
-    taken their places."""
+    """Scenario 10, under a QOS of ``limit`` submitted jobs: another cluster with ``fewer``
+    workers first, then scale(n) of this one until ``limit`` jobs are queued (the rest held
+    in the gateway) and the reason the user reads; then the other cluster scales to 0: when
+    its ``fewer`` jobs have left the queue, and when held workers have taken their places.
+    (Scaling this cluster down would drop held workers first: no queued job would end.)"""
     with Clusters(address) as gw:
+        other = gw.new(options)
+        other.scale(fewer)
+        if wait_queued(time.perf_counter(), lambda q: q >= fewer + 1, 60)[0] is None:
+            raise RuntimeError(f"the other cluster's {fewer} workers were not queued")
         cluster = gw.new(options)
         t0 = time.perf_counter()
         cluster.scale(n)
@@ -151,18 +156,19 @@ def gw_submit_limit(address: str, options: dict, n: int, limit: int, fewer: int)
         queued_at_limit = queued()
         reason = gw.gateway.get_cluster(cluster.name).options.get("pending_reason")
         t1 = time.perf_counter()
-        cluster.scale(n - fewer)
+        other.scale(0)
         ended, refilled, last = _drop_and_refill(t1, limit, 90)
         result = {
             "to_limit": at_limit,
             "queued": queued_at_limit,
-            "held": n + 1 - queued_at_limit,  # + 1: the scheduler's job
+            "held": n + fewer + 2 - queued_at_limit,  # + 2: the schedulers' jobs
             "pending_reason": reason,
             "ended": ended,
             "refilled": refilled,
             "held_out_after_end": refilled - ended if refilled and ended else None,
             "queued_after": last,
         }
+        gw.shutdown(other)
         shutdown = _timed_shutdown(gw, cluster, 0)
     return {**result, **shutdown}
 
