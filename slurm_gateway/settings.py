@@ -300,8 +300,9 @@ class SlurmBackendSettings(DBBackendBase):
     batch_window = Float(
         0.02,
         min=0,
-        help="""Seconds to gather worker submissions (or cancellations) that arrive together
-        into one sbatch (or scancel) call.""",
+        help="""Worker submissions (or cancellations) that come less than this many seconds
+        apart are sent as one sbatch (or scancel) call: it leaves once none has come for
+        this long, and at the latest 0.5 s after the first.""",
         config=True,
     )
 

@@ -12,8 +12,8 @@ more in which no request was answered. Here:
   and written again :data:`RETRY_DELAY` seconds later (memory is what the gateway serves;
   the database is what a restarted gateway reads back).
 - :func:`insert_workers` creates workers' records with ``INSERT ... RETURNING`` (one
-  statement per :data:`RECORDS_PER_STATEMENT`); a scale-up inserts that many at a time,
-  a yield to the loop between.
+  statement per :data:`RECORDS_PER_STATEMENT`); a scale-up creates
+  ``batching.WORKERS_PER_PASS`` at a time, a yield to the loop between.
 - :class:`BulkWorkerOverrides` overrides two private methods of ``DBBackendBase`` (listed
   with their source's digest in :data:`OVERRIDDEN`; ``dgs_compat.internals_problems``
   fails the unit tests when a release changes one): ``_check_cluster_scale`` (creates
@@ -34,6 +34,7 @@ from dask_gateway_server.backends.db_base import Cluster, DataManager, JobStatus
 from dask_gateway_server.backends.db_base import workers as workers_table
 from dask_gateway_server.utils import timestamp
 
+from .batching import WORKERS_PER_PASS
 from .tls_keys import KeyPool, PooledKeyData
 
 #: Worker records in one SQL statement (one multi-row INSERT, or one executemany UPDATE).
@@ -189,7 +190,7 @@ class BulkWorkerOverrides:
             missing = cluster.count - len(cluster.active_workers())
             if missing <= 0:
                 return
-            batch = min(missing, RECORDS_PER_STATEMENT)
+            batch = min(missing, WORKERS_PER_PASS)
             for worker in insert_workers(self.db, cluster, batch):
                 self.log.info("Created worker %s for cluster %s", worker.name, cluster.name)
                 self.queue.put(worker)

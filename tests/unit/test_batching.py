@@ -4,7 +4,7 @@ import asyncio
 
 import pytest
 
-from slurm_gateway.batching import RESUMED_PER_PASS, Coalescer
+from slurm_gateway.batching import WORKERS_PER_PASS, Coalescer, flush_due
 
 
 def test_requests_close_together_make_one_call_per_key():
@@ -23,6 +23,52 @@ def test_requests_close_together_make_one_call_per_key():
     results = asyncio.run(main())
     assert results == [f"a-{i}" for i in range(100)] + ["b-0"]
     assert sorted(len(items) for _, items in calls) == [1, 100]
+
+
+def test_a_batch_leaves_after_a_quiet_gap_but_no_later_than_its_longest_wait():
+    assert flush_due(opened=10.0, last_added=10.0, window=0.02, max_wait=0.5) == 10.02
+    assert flush_due(opened=10.0, last_added=10.3, window=0.02, max_wait=0.5) == 10.32
+    assert flush_due(opened=10.0, last_added=10.49, window=0.02, max_wait=0.5) == 10.5
+
+
+def test_items_that_keep_coming_a_few_at_a_time_make_one_call_not_many():
+    """scale(500) creates its workers a few per pass of the loop, over more than the window:
+    they still leave as one job array (a window counted from the first item made 5)."""
+    sizes = []
+
+    async def flush(key, items):
+        sizes.append(len(items))
+        return items
+
+    async def main():
+        coalescer = Coalescer(flush, window=0.02, max_wait=5)
+        added = []
+        for group in range(10):
+            added += [asyncio.ensure_future(coalescer.add("k", (group, i))) for i in range(5)]
+            await asyncio.sleep(0.01)
+        return await asyncio.gather(*added)
+
+    assert len(asyncio.run(main())) == 50
+    assert sizes == [50]
+
+
+def test_items_that_never_stop_coming_leave_at_the_longest_wait():
+    sizes = []
+
+    async def flush(key, items):
+        sizes.append(len(items))
+        return items
+
+    async def main():
+        coalescer = Coalescer(flush, window=0.05, max_wait=0.1)
+        added = []
+        for i in range(20):
+            added.append(asyncio.ensure_future(coalescer.add("k", i)))
+            await asyncio.sleep(0.01)
+        await asyncio.gather(*added)
+
+    asyncio.run(main())
+    assert sum(sizes) == 20 and len(sizes) >= 2 and max(sizes) <= 12
 
 
 def test_full_batch_is_flushed_at_once_and_the_rest_follows():
@@ -102,4 +148,4 @@ def test_the_callers_of_a_large_batch_are_resumed_a_few_at_a_time():
 
     passes = asyncio.run(scenario())
     per_pass = {p: passes.count(p) for p in set(passes)}
-    assert max(per_pass.values()) <= RESUMED_PER_PASS and len(per_pass) >= 4
+    assert max(per_pass.values()) <= WORKERS_PER_PASS and len(per_pass) >= 4
