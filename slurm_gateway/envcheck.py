@@ -100,18 +100,13 @@ def probe(prefix: str, timeout: float = 30, max_output: int = 65536) -> dict:
     ``max_output`` bytes of output; then everything it started is killed.
     """
     python = os.path.join(prefix, "bin", "python")
-    try:
-        os.stat(prefix)
-    except FileNotFoundError:
-        return {"error": "missing"}
-    except OSError:
-        return {"error": "unreadable"}
-    try:
-        os.stat(python)
-    except FileNotFoundError:
-        return {"error": "no-python"}
-    except OSError:
-        return {"error": "unreadable"}
+    for path, absent in ((prefix, "missing"), (python, "no-python")):
+        try:
+            os.stat(path)
+        except FileNotFoundError:
+            return {"error": absent}
+        except OSError:
+            return {"error": "unreadable"}
     if not os.access(python, os.X_OK):
         return {"error": "unreadable"}
     try:

@@ -6,7 +6,8 @@ id>.log``, ``worker-<job id>.log``) with a file ``CLUSTER`` holding the cluster'
 directories closed; on top of that, the user's directory must pass
 :func:`~slurm_gateway.userfs.directory_problem` (a private directory that no other user can
 redirect), and everything under it is opened through directory descriptors with
-``O_NOFOLLOW``: no symbolic link, planted or not, is followed. What is printed is bounded:
+``O_NOFOLLOW``: no symbolic link, planted or not, is followed, and only regular files of the
+user are read (:func:`~slurm_gateway.userfs.read_tail`). What is printed is bounded:
 the last lines of each file, from its last bytes only, at most so many files.
 """
 
@@ -15,12 +16,18 @@ from __future__ import annotations
 import errno
 import os
 import re
-import stat
 import unicodedata
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from .userfs import CLUSTER_FILE, directory_problem, read_bounded
+from .userfs import (
+    CLUSTER_FILE,
+    READ_FLAGS,
+    directory_problem,
+    open_regular,
+    read_bounded,
+    read_tail,
+)
 
 # A cluster's log directory: the start time (sortable) and a random part.
 SUBDIRECTORY = re.compile(r"^(\d{8}-\d{6})-[0-9a-f]{8}$")
@@ -31,7 +38,6 @@ MAX_DIRECTORIES = 20000
 MAX_CLUSTER_FILE = 4096
 MAX_TAIL_BYTES = 1 << 20
 MAX_LINE_CHARS = 2000
-_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC
 
 
 class LogsError(Exception):
@@ -128,7 +134,7 @@ class UserLogs:
     def _open_directory(self, name: str, dir_fd: int | None = None) -> int:
         path = name if dir_fd is None else os.path.join(self.path, name)
         try:
-            fd = os.open(name, _FLAGS | os.O_DIRECTORY, dir_fd=dir_fd)
+            fd = os.open(name, READ_FLAGS | os.O_DIRECTORY, dir_fd=dir_fd)
         except OSError as exc:
             if exc.errno in (errno.ELOOP, errno.ENOTDIR):
                 raise LogsError(f"{path} is not a directory (a link?); not following it") from exc
@@ -150,18 +156,11 @@ class UserLogs:
                     entries.append((entry.name, entry.stat(follow_symlinks=False).st_mtime))
         return newest_first(entries)
 
-    def _open_file(self, directory_fd: int, name: str) -> int:
-        fd = os.open(name, _FLAGS, dir_fd=directory_fd)  # ELOOP for a link
-        if not stat.S_ISREG(os.fstat(fd).st_mode):
-            os.close(fd)
-            raise OSError(errno.EINVAL, "not a regular file")
-        return fd
-
     def cluster_of(self, directory: str) -> str:
         """The cluster name recorded in ``directory`` ('' if none can be read)."""
         directory_fd = self._open_directory(directory, self.fd)
         try:
-            fd = self._open_file(directory_fd, CLUSTER_FILE)
+            fd = open_regular(CLUSTER_FILE, self.uid, directory_fd)
             try:
                 data = read_bounded(fd, 0, MAX_CLUSTER_FILE)
             finally:
@@ -203,19 +202,14 @@ class UserLogs:
 
     def tail(self, directory: str, name: str, count: int) -> list[str]:
         """The last ``count`` lines of the log ``name`` in ``directory``, never through a
-        link, from at most its last :data:`MAX_TAIL_BYTES` bytes."""
+        link, from at most its last :data:`MAX_TAIL_BYTES` bytes (a file that is not the
+        user's own regular file is refused)."""
         directory_fd = self._open_directory(directory, self.fd)
         try:
-            fd = self._open_file(directory_fd, name)
+            data, whole_file = read_tail(name, MAX_TAIL_BYTES, self.uid, directory_fd)
         except OSError as exc:
             reason = "a link; not following it" if exc.errno == errno.ELOOP else exc.strerror
             raise LogsError(f"{self.path}/{directory}/{name}: {reason}") from exc
         finally:
             os.close(directory_fd)
-        try:
-            size = os.fstat(fd).st_size
-            offset = max(0, size - MAX_TAIL_BYTES)
-            data = read_bounded(fd, offset, MAX_TAIL_BYTES)
-        finally:
-            os.close(fd)
-        return last_lines(data, count, whole_file=offset == 0)
+        return last_lines(data, count, whole_file)

@@ -6,7 +6,8 @@ holds the one check of a per-user directory (:func:`directory_problem`, run by t
 before every job submission and by the user helper as the user) and the two operations the
 user helper performs as the user: creating a log directory (:func:`prepare_log_directory`)
 and reading the end of a log file (:func:`read_log_tail`), neither of which follows a
-symbolic link under the user's directory nor reads more than a bounded number of bytes.
+symbolic link under the user's directory nor reads more than a bounded number of bytes;
+``slurm-gateway logs`` reads the same way (:func:`open_regular`, :func:`read_tail`).
 """
 
 from __future__ import annotations
@@ -22,6 +23,8 @@ MAX_LINKS = 40
 MAX_LINE_CHARS = 500
 CLUSTER_FILE = "CLUSTER"
 _COMPONENT = re.compile(r"[A-Za-z0-9._-]+")
+# How logs are opened for reading: never through a link, never blocking, not inherited.
+READ_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC
 
 
 def _is_normal_absolute(path: str) -> bool:
@@ -269,27 +272,60 @@ def read_bounded(fd: int, offset: int, limit: int) -> bytes:
     return b"".join(chunks)
 
 
+class UnsafeFile(OSError):
+    """A file :func:`open_regular` refuses (``strerror``: why, e.g. ``not a regular file``)."""
+
+
+def open_regular(name: str, owner_uid: int, dir_fd: int | None = None) -> int:
+    """A read-only descriptor of the regular file ``name`` (relative to ``dir_fd``) that
+    ``owner_uid`` owns.
+
+    Never through a symbolic link at ``name``'s last component (OSError ``ELOOP``), never
+    blocking on a FIFO or device, not inherited by child processes. Raises
+    :class:`UnsafeFile` for anything but a regular file of ``owner_uid``, OSError (e.g.
+    FileNotFoundError) if it cannot be opened.
+    """
+    fd = os.open(name, READ_FLAGS, dir_fd=dir_fd)
+    info = os.fstat(fd)
+    if not stat.S_ISREG(info.st_mode):
+        os.close(fd)
+        raise UnsafeFile(errno.EINVAL, "not a regular file")
+    if info.st_uid != owner_uid:
+        os.close(fd)
+        raise UnsafeFile(errno.EPERM, f"owned by uid {info.st_uid}, not by you")
+    return fd
+
+
+def read_tail(
+    name: str, max_bytes: int, owner_uid: int, dir_fd: int | None = None
+) -> tuple[bytes, bool]:
+    """The last ``max_bytes`` bytes of the file ``name`` opened by :func:`open_regular`
+    (which raises what it raises), and whether they are the whole file. Memory and time
+    are bounded whatever the file's size."""
+    fd = open_regular(name, owner_uid, dir_fd)
+    try:
+        offset = max(0, os.fstat(fd).st_size - max_bytes)
+        return read_bounded(fd, offset, max_bytes), offset == 0
+    finally:
+        os.close(fd)
+
+
 def read_log_tail(path: str, max_bytes: int = 65536, max_lines: int = 20) -> list[str]:
     """The last ``max_lines`` non-empty lines in the last ``max_bytes`` bytes of ``path``.
 
     Run as the user. Each line is stripped and cut to 500 characters; memory and time are
-    bounded whatever the file. Raises ValueError if ``path`` is a symbolic link or not a
-    regular file, OSError (e.g. FileNotFoundError) if it cannot be opened.
+    bounded whatever the file. Raises ValueError if ``path`` is a symbolic link, not a
+    regular file or not the user's own, OSError (e.g. FileNotFoundError) if it cannot be
+    opened.
     """
-    flags = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_NOCTTY
     try:
-        fd = os.open(path, flags)
+        data, _ = read_tail(path, max_bytes, os.getuid())
+    except UnsafeFile as exc:
+        raise ValueError(f"{path} is {exc.strerror}") from exc
     except OSError as exc:
         if exc.errno == errno.ELOOP:
             raise ValueError(f"{path} is a symbolic link; not following it") from exc
         raise
-    try:
-        size = os.fstat(fd)
-        if not stat.S_ISREG(size.st_mode):
-            raise ValueError(f"{path} is not a regular file")
-        data = read_bounded(fd, max(0, size.st_size - max_bytes), max_bytes)
-    finally:
-        os.close(fd)
     text = data.decode("utf-8", errors="replace")
     lines = [line.strip()[:MAX_LINE_CHARS] for line in text.splitlines()]
     return [line for line in lines if line][-max_lines:]

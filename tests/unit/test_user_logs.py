@@ -144,6 +144,18 @@ def test_a_huge_log_is_read_from_its_end_only(home):
         assert logs.tail(latest.name, "scheduler-7.log", 3) == ["last"]
 
 
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root, to give a file to nobody")
+def test_a_log_or_cluster_file_of_another_owner_is_not_read(home):
+    latest = home / "20261202-080000-00000000"
+    for name in ("worker-8_0.log", "CLUSTER"):
+        os.chown(latest / name, 65534, 65534)
+    with UserLogs(str(home)) as logs:
+        with pytest.raises(LogsError, match="worker-8_0.log: owned by uid 65534, not by you"):
+            logs.tail(latest.name, "worker-8_0.log", 5)
+        assert logs.tail(latest.name, "worker-8_1.log", 5) == ["w1"]
+        assert logs.cluster_of(latest.name) == ""
+
+
 def test_a_user_directory_that_is_a_link_or_open_to_others_is_refused(home, tmp_path):
     link = tmp_path / "link"
     link.symlink_to(home)

@@ -5,6 +5,7 @@ runs as the user in production runs here in a child process as alice, through a 
 setuid or through the user helper's command line.
 """
 
+import errno
 import functools
 import json
 import os
@@ -22,7 +23,14 @@ from pathlib import Path
 import pytest
 
 import slurm_gateway
-from slurm_gateway.userfs import directory_problem, prepare_log_directory, read_log_tail
+from slurm_gateway.userfs import (
+    UnsafeFile,
+    directory_problem,
+    open_regular,
+    prepare_log_directory,
+    read_log_tail,
+    read_tail,
+)
 
 pytestmark = pytest.mark.skipif(
     os.geteuid() != 0, reason="needs root, to give files to alice and bob"
@@ -365,6 +373,53 @@ def test_tail_refuses_links_fifos_and_directories_without_blocking(base):
         read_log_tail(str(base))
     with pytest.raises(FileNotFoundError):
         read_log_tail(str(base / "nope.log"))
+
+
+def test_tail_refuses_a_file_the_user_does_not_own(base):
+    theirs = base / "theirs.log"
+    theirs.write_text("bob's\n")
+    os.chown(theirs, BOB.pw_uid, BOB.pw_gid)
+    theirs.chmod(0o644)  # readable by alice, but not hers
+    with pytest.raises(ValueError, match=f"is owned by uid {BOB.pw_uid}, not by you"):
+        as_alice(read_log_tail, str(theirs))
+
+
+# -- open_regular, read_tail (shared with slurm-gateway logs) --------------------------------
+
+
+def test_read_tail_reads_the_end_only_and_says_whether_it_is_all(base):
+    log = base / "job.log"
+    log.write_bytes(b"0123456789")
+    uid = os.getuid()
+    assert read_tail(str(log), 4, uid) == (b"6789", False)
+    assert read_tail(str(log), 10, uid) == (b"0123456789", True)
+    directory_fd = os.open(base, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        assert read_tail("job.log", 3, uid, directory_fd) == (b"789", False)
+    finally:
+        os.close(directory_fd)
+
+
+def test_open_regular_refuses_links_fifos_directories_and_others_files(base):
+    log = base / "job.log"
+    log.write_text("x\n")
+    fd = open_regular(str(log), os.getuid())
+    try:
+        assert not os.get_inheritable(fd)
+    finally:
+        os.close(fd)
+    make_link(base / "link.log", log)
+    with pytest.raises(OSError) as raised:
+        open_regular(str(base / "link.log"), os.getuid())
+    assert raised.value.errno == errno.ELOOP
+    os.mkfifo(base / "fifo.log")
+    for name in ("fifo.log", "."):
+        with pytest.raises(UnsafeFile, match="not a regular file"):
+            open_regular(str(base / name), os.getuid())
+    with pytest.raises(UnsafeFile, match="owned by uid 0, not by you"):
+        open_regular(str(log), ALICE.pw_uid)
+    with pytest.raises(FileNotFoundError):
+        read_tail(str(base / "nope.log"), 10, os.getuid())
 
 
 def test_the_helper_reads_the_tail_as_the_user(base):
