@@ -70,6 +70,7 @@ def test_health_fails_within_a_poll_when_slurmctld_stops_and_passes_when_it_retu
     stopping = time.monotonic() - killed
     try:
         took, status, during = wait_for_health(gw, "fail", POLL + COMMAND_SLACK + 20)
+        admin = run([GATEWAY, "health", "-f", str(gw.config)], timeout=60)  # as root
     finally:
         sampler.join()
         restarting = time.monotonic()
@@ -86,6 +87,13 @@ def test_health_fails_within_a_poll_when_slurmctld_stops_and_passes_when_it_retu
     assert "slurmctld" in during["checks"]["slurm"]["message"], during
     assert during["checks"]["database"]["status"] == "pass"
     assert during["checks"]["proxy"]["status"] == "pass"
+    # What SLURM said is the admin's (slurm-gateway health), never the public body's.
+    assert admin.returncode == 1, admin.stdout + admin.stderr
+    lines = admin.stdout.splitlines()
+    at = next(i for i, line in enumerate(lines) if line.startswith("FAIL  slurm: slurmctld"))
+    detail = lines[at + 1].partition(" ago: ")[2]
+    assert detail and detail not in json.dumps(during), (detail, during)
+    assert all(set(check) == {"status", "message"} for check in during["checks"].values())
     assert took <= POLL + COMMAND_SLACK, f"unhealthy only after {took:.1f} s"
     assert (back_status, after["status"]) == (200, "pass"), after
     assert back_took <= POLL + COMMAND_SLACK, f"healthy again only after {back_took:.1f} s"
