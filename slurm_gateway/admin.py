@@ -1,9 +1,12 @@
-"""The admin channel of the running gateway: ``slurm-gateway clusters`` and ``stop``.
+"""The admin channel of the running gateway: ``slurm-gateway clusters``, ``stop`` and
+``health``.
 
 Listing every user's clusters with their jobs' current SLURM states, and stopping one with a
 reason its user sees, need the running gateway: it knows what the last ``squeue`` said about
 each job, and only it can stop a cluster (cancel its jobs, record the reason in the
 cluster's state, answer the user's client with it). The database alone knows neither.
+``health`` is ``/api/health`` with what each part last said (a database socket path,
+an SSH target, SLURM's stderr): too much for the public route, what an admin needs.
 
 The channel is a Unix socket, ``admin.sock`` in the gateway's private state directory
 (mode 0700, the service account's): only root and the service account can reach it, it is
@@ -157,7 +160,7 @@ class AdminChannel:
             self._admin_connection, path=str(path), limit=MAX_REQUEST_BYTES
         )
         os.chmod(path, 0o600)
-        self.log.info("Admin channel (slurm-gateway clusters, stop) at %s", path)
+        self.log.info("Admin channel (slurm-gateway clusters, stop, health) at %s", path)
 
     async def cleanup(self) -> None:
         if self._admin_server is not None:
@@ -190,7 +193,8 @@ class AdminChannel:
             writer.close()
 
     async def admin_request(self, request: Any, uid: int) -> dict:
-        """The answer to one admin request (``{"op": "clusters"}`` or ``{"op": "stop"}``)."""
+        """The answer to one admin request (``{"op": "clusters"}``, ``{"op": "stop"}``
+        or ``{"op": "health"}``)."""
         if not isinstance(request, dict):
             return {"error": "a request is one JSON object on one line"}
         if request.get("op") == "clusters":
@@ -200,6 +204,8 @@ class AdminChannel:
             if not isinstance(key, str) or not key:
                 return {"error": "name the cluster (or its scheduler job id)"}
             return await self.admin_stop(key, reason, uid)
+        if request.get("op") == "health":
+            return {"health": await self.health.admin_report()}
         return {"error": "unknown request"}
 
     def admin_clusters(self, include_stopped: bool) -> list[dict]:

@@ -1,6 +1,7 @@
-"""The subcommands ``slurm-gateway clusters``, ``stop`` (admins) and ``logs`` (users).
+"""The subcommands ``slurm-gateway clusters``, ``stop``, ``health`` (admins) and ``logs``
+(users).
 
-``clusters`` and ``stop`` ask the running gateway over its admin channel
+``clusters``, ``stop`` and ``health`` ask the running gateway over its admin channel
 (:mod:`slurm_gateway.admin`: a Unix socket in its state directory, for root and the service
 account); ``logs`` reads the calling user's own log directories
 (:mod:`slurm_gateway.user_logs`) and needs no gateway.
@@ -20,6 +21,7 @@ from traitlets import Bool, Integer, Unicode
 
 from . import __version__
 from .admin import STOP_WAIT, reason_problem, socket_path
+from .availability import MAX_DETAIL_CHARS
 from .settings import SlurmBackendSettings
 from .user_logs import LogsError, UserLogs, printable, select
 
@@ -101,6 +103,19 @@ def cluster_table(summaries: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def health_lines(body: dict) -> str:
+    """What ``slurm-gateway health`` prints: the overall status, then each part's status and
+    message, with what it last said (``detail``) and how long ago on the line below."""
+    lines = [f"Health: {printable(str(body.get('status', '?')))}"]
+    for part, check in body.get("checks", {}).items():
+        status = printable(str(check.get("status", "?"))).upper()
+        lines.append(f"{status:<4}  {printable(part)}: {printable(str(check.get('message')))}")
+        if "detail" in check:
+            age = format_age(float(check.get("age", 0)))
+            lines.append(f"      {age} ago: {printable(str(check['detail']), MAX_DETAIL_CHARS)}")
+    return "\n".join(lines)
+
+
 def ask_gateway(path: Path, request: dict, timeout: float) -> dict:
     """Send ``request`` over the admin socket at ``path``; the gateway's answer.
 
@@ -133,7 +148,8 @@ def ask_gateway(path: Path, request: dict, timeout: float) -> dict:
 
 
 class AdminCommand(Application):
-    """What ``clusters`` and ``stop`` share: finding the running gateway's admin socket."""
+    """What ``clusters``, ``stop`` and ``health`` share: finding the running gateway's
+    admin socket."""
 
     version = __version__
     config_file = Unicode(DEFAULT_CONFIG, help="The gateway config file to read.", config=True)
@@ -225,6 +241,25 @@ class StopCommand(AdminCommand):
         done = "stopped" if answer.get("stopped") else "stopping (its jobs are being cancelled)"
         print(f"Cluster {answer['name']} of {answer['user']} {done}. Its user sees:")
         print(f"  {printable(answer['message'])}")
+
+
+class HealthCommand(AdminCommand):
+    """Show the gateway's health with what each failing part said (admins)."""
+
+    name = "slurm-gateway health"
+    description = """What /api/health says of SLURM, accounting, the database and the proxy,
+    and, for each, what it last answered (SLURM's stderr, the database's error, the SSH
+    target, the proxy's URL), which /api/health never shows. Exits 1 when a part fails.
+    Asks the running gateway; run as root or its service account."""
+    examples = "slurm-gateway health\nslurm-gateway health --json"
+    json_output = Bool(False, help="Print the JSON answer instead of lines.", config=True)
+    flags = {"json": ({"HealthCommand": {"json_output": True}}, "Print JSON, not lines.")}
+
+    def start(self) -> None:
+        body = self.ask({"op": "health"}, 30).get("health", {})
+        print(json.dumps(body, indent=1) if self.json_output else health_lines(body))
+        if body.get("status") == "fail":
+            self.exit(1)
 
 
 class LogsCommand(Application):

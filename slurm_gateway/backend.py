@@ -126,7 +126,7 @@ class SlurmBackend(
             self.worker_walltime_margin,
         )
         run = self.health.observing(self.runner.run)  # /api/health reads what polls learn
-        self.tracker = JobTracker(run, squeue=self.squeue, sacct=self.sacct, log=self.log)
+        self.tracker = JobTracker(run, squeue=self.squeue, sacct=self.sacct)
         self.jobs = JobControl(
             self.runner,
             self.tracker,

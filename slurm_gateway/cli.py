@@ -247,6 +247,7 @@ class SlurmGateway(DaskGateway):
         "proxy": ("slurm_gateway.cli.ProxyCommand", ProxyCommand.__doc__.splitlines()[0]),
         "clusters": ("slurm_gateway.admin_cli.ClustersCommand", "List every user's clusters."),
         "stop": ("slurm_gateway.admin_cli.StopCommand", "Stop a cluster, with a reason."),
+        "health": ("slurm_gateway.admin_cli.HealthCommand", "Health, with details (admins)."),
         "logs": ("slurm_gateway.admin_cli.LogsCommand", "Print your clusters' job logs."),
         "check": ("slurm_gateway.preflight.CheckCommand", "Check an install (as root or slurmgw)"),
     }

@@ -12,10 +12,12 @@ database at each request (``SELECT 1``, bounded, one at a time).
 Statuses: ``pass``; ``warn`` (degraded, still serving: accounting down, not checked yet);
 ``fail`` (HTTP 503: slurmctld, the database or the proxy does not answer).
 
-Anyone who reaches the gateway may ask, so a message names the failing part and where
-the admin finds more, never what a part said (a socket path, an SSH target, SLURM's
-stderr): that goes to the gateway's log (:func:`log_line`), once when a part starts
-failing, again at most every :data:`STILL_FAILING_PERIOD` seconds, and when it answers.
+Anyone who reaches the gateway may ask, so a message is one of a few fixed texts naming
+the failing part and where the admin finds more, never what a part said (a socket path, a
+database URL, an SSH target, SLURM's stderr): that is kept by the one
+:class:`~slurm_gateway.availability.Availability` record (which the metrics read too),
+logged, and shown to admins by ``slurm-gateway health`` (:meth:`HealthMonitor.admin_report`,
+over the admin channel).
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ from dataclasses import dataclass
 import aiohttp
 import sqlalchemy as sa
 
+from .availability import SLOW_ANSWER, Availability, Observation, hanging_for, is_due
 from .slurm import sacct_command
 from .transport import CommandResult
 
@@ -41,23 +44,10 @@ _RANK = {PASS: 0, WARN: 1, FAIL: 2}
 ACCOUNTING_PROBE_PERIOD = 60.0
 #: Seconds the proxy and the database have to answer a probe.
 PROBE_TIMEOUT = 5.0
-#: Seconds a SLURM command may be under way before slurmctld counts as not answering.
-SLOW_ANSWER = 15.0
-#: Seconds between two log lines saying that a part still fails.
-STILL_FAILING_PERIOD = 300.0
 #: What a failing part's public message points the admin to.
 SEE_LOG = "see the gateway log"
 
 Run = Callable[..., Awaitable[CommandResult]]
-
-
-@dataclass(frozen=True)
-class Observation:
-    """One answer (or failure) from a part, at ``at`` (``time.monotonic()``)."""
-
-    ok: bool
-    message: str
-    at: float
 
 
 @dataclass(frozen=True)
@@ -72,25 +62,21 @@ class Check:
 # -- decisions ------------------------------------------------------------------------------
 
 
-def is_due(seen: Observation | None, now: float, period: float) -> bool:
-    """Whether a part was last heard of ``period`` seconds ago or more (or never)."""
-    return seen is None or now - seen.at >= period
-
-
 def slurm_check(
     seen: Observation | None, pending_since: float | None, now: float, period: float
 ) -> Check:
     """slurmctld: failing if its last answer was a failure, or a command has waited for it
-    longer than ``max(SLOW_ANSWER, 2 * period)``; a warning if unheard of for 3 periods."""
-    slow = max(SLOW_ANSWER, 2 * period)
-    if pending_since is not None and now - pending_since > slow:
-        return Check(FAIL, f"slurmctld has not answered for {now - pending_since:.0f} s")
+    too long (:func:`~slurm_gateway.availability.hanging_for`); a warning if unheard of
+    for 3 periods."""
+    hanging = hanging_for(pending_since, now, period)
+    if hanging is not None:
+        return Check(FAIL, f"slurmctld has not answered for {hanging:.0f} s; {SEE_LOG}")
     if seen is None:
         return Check(WARN, "slurmctld not checked yet")
     if not seen.ok:
         return Check(FAIL, f"slurmctld does not answer; {SEE_LOG}")
     age = now - seen.at
-    if age > 3 * period + slow:
+    if age > 3 * period + max(SLOW_ANSWER, 2 * period):
         return Check(WARN, f"slurmctld last answered {age:.0f} s ago; not checked since")
     return Check(PASS, f"slurmctld answered {age:.0f} s ago")
 
@@ -141,26 +127,13 @@ def command_answer(result: CommandResult) -> tuple[bool, str]:
     return (True, "answered") if result.ok else (False, result.summary()[:500])
 
 
-def log_line(
-    part: str, was: Observation | None, ok: bool, detail: str, last_logged: float | None, now: float
-) -> str | None:
-    """The log line for a part's new answer, or None: ``fails`` when it starts failing,
-    ``still fails`` when it failed and the last line is :data:`STILL_FAILING_PERIOD`
-    seconds old (``last_logged``), ``answers again`` when a failing part answers."""
-    if ok:
-        return None if was is None or was.ok else f"Health: {part} answers again"
-    if was is None or was.ok:
-        return f"Health: {part} fails: {detail}"
-    if last_logged is None or now - last_logged >= STILL_FAILING_PERIOD:
-        return f"Health: {part} still fails: {detail}"
-    return None
-
-
 # -- the monitor ------------------------------------------------------------------------------
 
 
 class HealthMonitor:
-    """Keeps the latest answer of each part; :meth:`report` is the body of ``/api/health``."""
+    """Feeds the gateway's :class:`~slurm_gateway.availability.Availability` (``parts``)
+    from the poller's commands and its own probes; :meth:`report` is the body of
+    ``/api/health``, :meth:`admin_report` the same with the details, for admins."""
 
     def __init__(
         self,
@@ -183,9 +156,7 @@ class HealthMonitor:
         self._serving = False  # the gateway's own API listens (the proxy forwards there)
         self._engine = engine
         self._log = log
-        self.seen: dict[str, Observation] = {}
-        self._logged: dict[str, float] = {}  # when each part's last failure line was written
-        self._pending: dict[int, float] = {}  # SLURM commands under way: start times
+        self.parts = Availability(period, log)
         self._db_probe: asyncio.Future | None = None
 
     @classmethod
@@ -225,42 +196,23 @@ class HealthMonitor:
 
     async def _observe(self, run: Run, argv: list[str], kwargs: dict, answer) -> CommandResult:
         part = self._part(argv)
-        token = object()
         if part == "slurm":
-            self._pending[id(token)] = time.monotonic()
-        try:
+            with self.parts.waiting_on_slurm():
+                result = await run(argv, **kwargs)
+        else:
             result = await run(argv, **kwargs)
-        finally:
-            self._pending.pop(id(token), None)
         if part:
-            self.note(part, *answer(result))
+            self.parts.note(part, *answer(result))
         return result
-
-    def note(self, part: str, ok: bool, message: str) -> None:
-        """A part's answer; ``message`` (its details) goes to the log only."""
-        now = time.monotonic()
-        line = log_line(part, self.seen.get(part), ok, message, self._logged.get(part), now)
-        if line is not None:
-            (self._log.info if ok else self._log.warning)("%s", line)
-            if not ok:
-                self._logged[part] = now
-        self.seen[part] = Observation(ok, message, now)
-
-    def availability(self) -> dict[str, bool | None]:
-        """Whether SLURM and accounting answered last (None: not heard of yet); the
-        metrics' ``slurm_up`` and ``accounting_up``."""
-        return {
-            part: None if (seen := self.seen.get(part)) is None else seen.ok
-            for part in ("slurm", "accounting")
-        }
 
     async def refresh(self) -> None:
         """Probe what the poller has not heard of for a period; probe the proxy."""
         now = time.monotonic()
         probes = [self._probe_proxy()]
-        if is_due(self.seen.get("slurm"), now, self.period) and not self._pending:
+        seen = self.parts.seen
+        if is_due(seen.get("slurm"), now, self.period) and not self.parts.slurm_busy:
             probes.append(self._probe_slurm())
-        if is_due(self.seen.get("accounting"), now, max(self.period, ACCOUNTING_PROBE_PERIOD)):
+        if is_due(seen.get("accounting"), now, max(self.period, ACCOUNTING_PROBE_PERIOD)):
             probes.append(self._probe_accounting())
         await asyncio.gather(*probes)
 
@@ -288,7 +240,7 @@ class HealthMonitor:
             self._serving, _ = await http_answers(self.gateway_url, PROBE_TIMEOUT)
             if not self._serving:
                 return
-        self.note("proxy", *await http_answers(self.proxy_url, PROBE_TIMEOUT))
+        self.parts.note("proxy", *await http_answers(self.proxy_url, PROBE_TIMEOUT))
 
     async def _probe_database(self) -> None:
         if self._db_probe is None or self._db_probe.done():
@@ -298,20 +250,34 @@ class HealthMonitor:
             ok, message = await asyncio.wait_for(asyncio.shield(self._db_probe), PROBE_TIMEOUT)
         except TimeoutError:
             ok, message = False, f"the database did not answer within {PROBE_TIMEOUT:g} s"
-        self.note("database", ok, message)
+        self.parts.note("database", ok, message)
+
+    def checks(self) -> dict[str, Check]:
+        """Each part's public status and fixed message, from what is known now."""
+        now, seen = time.monotonic(), self.parts.seen
+        pending = self.parts.pending_since()
+        return {
+            "slurm": slurm_check(seen.get("slurm"), pending, now, self.period),
+            "accounting": accounting_check(seen.get("accounting"), now),
+            "database": probed_check("database", seen.get("database")),
+            "proxy": probed_check("proxy", seen.get("proxy")),
+        }
 
     async def report(self) -> dict:
         """The body of ``/api/health``; only the database is asked now."""
         await self._probe_database()
+        return health_body(self.checks())
+
+    async def admin_report(self) -> dict:
+        """:meth:`report` with, for each part, what it last said (``detail``) and how many
+        seconds ago (``age``): for admins only (the admin channel)."""
+        body = await self.report()
         now = time.monotonic()
-        pending = min(self._pending.values(), default=None)
-        checks = {
-            "slurm": slurm_check(self.seen.get("slurm"), pending, now, self.period),
-            "accounting": accounting_check(self.seen.get("accounting"), now),
-            "database": probed_check("database", self.seen.get("database")),
-            "proxy": probed_check("proxy", self.seen.get("proxy")),
-        }
-        return health_body(checks)
+        for part, check in body["checks"].items():
+            seen = self.parts.seen.get(part)
+            if seen is not None:
+                check.update(detail=seen.detail, age=round(now - seen.at, 1))
+        return body
 
 
 def database_answers(engine: sa.engine.Engine) -> tuple[bool, str]:

@@ -183,7 +183,8 @@ class StateCollector:
     """The gauges computed at each scrape: clusters and workers by state (by user too if
     ``per_user``), SLURM's and accounting's availability. ``clusters`` returns the
     gateway's cluster records; ``availability`` returns ``{"slurm": up, "accounting":
-    up}`` (:meth:`~slurm_gateway.health.HealthMonitor.availability`; None: unknown yet).
+    up}`` (:meth:`~slurm_gateway.availability.Availability.slurm_parts`, which
+    ``/api/health`` reads too; None: unknown yet).
     Both are called on the event loop that owns them (see metrics_service)."""
 
     def __init__(

@@ -145,7 +145,7 @@ class MetricsService(LoggingConfigurable):
         self.metrics.add_state(
             StateCollector(
                 lambda: list(self.db.name_to_cluster.values()),
-                self.health.availability,
+                self.health.parts.slurm_parts,  # the one record /api/health reads too
                 self.metrics_per_user,
             )
         )

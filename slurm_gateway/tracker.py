@@ -7,13 +7,15 @@ nobody else's jobs, whatever their names, can enlarge or alter the answer) and o
 ``sacct`` for the jobs
 that have just left the queue, to learn their exit code and final state. When
 SLURM cannot be asked (``squeue`` fails, slurmctld is down), nothing changes:
-jobs keep their last known state, and are never reported as failed for it.
+jobs keep their last known state, and are never reported as failed for it. Whether SLURM
+and accounting answer is not the tracker's to record: its ``run`` is observed by the
+gateway's one :class:`~slurm_gateway.availability.Availability` (which logs outages, and
+which ``/api/health`` and the metrics read).
 """
 
 from __future__ import annotations
 
 import asyncio
-import logging
 import time
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import replace
@@ -43,20 +45,14 @@ class JobTracker:
         *,
         squeue: str = "squeue",
         sacct: str = "sacct",
-        log: logging.Logger | None = None,
     ):
         self._run = run
         self._squeue = squeue
         self._sacct = sacct
-        self._log = log or logging.getLogger(__name__)
         self._jobs: dict[str, JobInfo] = {}
         self._ended: dict[str, None] = {}  # ids of jobs seen ending, in order, not yet taken
         self._accounting_attempts: dict[str, int] = {}
         self._lock = asyncio.Lock()
-        #: False while the last ``squeue`` failed (SLURM unreachable).
-        self.slurm_available = True
-        #: False while the last ``sacct`` failed (slurmdbd unreachable).
-        self.accounting_available = True
         #: Called with a job's JobInfo when a poll first sees it RUNNING (the metrics).
         self.on_running: Callable[[JobInfo], None] | None = None
 
@@ -93,15 +89,7 @@ class JobTracker:
             return
         result = await self._run(squeue_command(open_ids, self._squeue))
         if not result.ok:
-            if self.slurm_available:
-                self._log.warning(
-                    "SLURM unavailable, keeping last known job states: %s", result.summary()
-                )
-            self.slurm_available = False
-            return
-        if not self.slurm_available:
-            self._log.info("SLURM answers again")
-        self.slurm_available = True
+            return  # jobs keep their last known states
 
         before = {j: self._jobs[j] for j in open_ids}
         queued = parse_squeue(result.stdout)
@@ -132,16 +120,7 @@ class JobTracker:
         are asked about again at the next poll."""
         result = await self._run(sacct_command(job_ids, self._sacct))
         if not result.ok:
-            if self.accounting_available:
-                self._log.warning(
-                    "sacct unavailable, final job states come from squeue alone: %s",
-                    result.summary(),
-                )
-            self.accounting_available = False
-            return
-        if not self.accounting_available:
-            self._log.info("sacct answers again")
-        self.accounting_available = True
+            return  # asked again at the next poll
         accounted = parse_sacct(result.stdout)
         for job_id in job_ids:
             if job_id not in self._jobs:

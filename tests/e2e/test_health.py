@@ -48,6 +48,16 @@ def wait_for_health(gw, want: str, timeout: float) -> tuple[float, int, dict]:
     return time.monotonic() - start, *answer
 
 
+def admin_and_public_health(gw, want: str, timeout: float = 40):
+    """`slurm-gateway health` (as root) once its output has ``want``, and /api/health then."""
+    start = time.monotonic()
+    while True:
+        admin = run([GATEWAY, "health", "-f", str(gw.config)], timeout=60)
+        if want in admin.stdout or time.monotonic() - start > timeout:
+            return admin, health(gw)[1]
+        time.sleep(0.5)
+
+
 def test_health_fails_within_a_poll_when_slurmctld_stops_and_passes_when_it_returns(
     make_gateway,
 ):
@@ -70,6 +80,7 @@ def test_health_fails_within_a_poll_when_slurmctld_stops_and_passes_when_it_retu
     stopping = time.monotonic() - killed
     try:
         took, status, during = wait_for_health(gw, "fail", POLL + COMMAND_SLACK + 20)
+        admin, public = admin_and_public_health(gw, "FAIL  slurm: slurmctld does not answer")
     finally:
         sampler.join()
         restarting = time.monotonic()
@@ -86,6 +97,14 @@ def test_health_fails_within_a_poll_when_slurmctld_stops_and_passes_when_it_retu
     assert "slurmctld" in during["checks"]["slurm"]["message"], during
     assert during["checks"]["database"]["status"] == "pass"
     assert during["checks"]["proxy"]["status"] == "pass"
+    # What SLURM said is the admin's (slurm-gateway health), never the public body's.
+    assert admin.returncode == 1, admin.stdout + admin.stderr
+    lines = admin.stdout.splitlines()
+    at = next(i for i, line in enumerate(lines) if line.startswith("FAIL  slurm: slurmctld"))
+    detail = lines[at + 1].partition(" ago: ")[2]
+    assert detail.startswith(("squeue", "scontrol")), admin.stdout
+    assert detail not in json.dumps(public) and detail[-20:] not in json.dumps(public), public
+    assert all(set(check) == {"status", "message"} for check in public["checks"].values())
     assert took <= POLL + COMMAND_SLACK, f"unhealthy only after {took:.1f} s"
     assert (back_status, after["status"]) == (200, "pass"), after
     assert back_took <= POLL + COMMAND_SLACK, f"healthy again only after {back_took:.1f} s"

@@ -31,6 +31,7 @@ from slurm_gateway.admin_cli import (
     format_age,
     format_jobs,
     format_memory,
+    health_lines,
 )
 
 GiB = 1 << 30
@@ -208,6 +209,7 @@ class _Backend(AdminChannel, _Base):
         self.log = logging.getLogger("test-admin")
         self.tracker = SimpleNamespace(get=lambda j: SimpleNamespace(state="RUNNING"))
         self.stopped = []
+        self.health = SimpleNamespace(admin_report=self._admin_report)
         alice = _cluster("c0ffee", "alice", job="42")
         alice.shutdown = asyncio.get_running_loop().create_future()
         self.clusters = [alice, _cluster("f00d", "bob", job="50")]
@@ -215,6 +217,10 @@ class _Backend(AdminChannel, _Base):
             list_clusters=lambda statuses=None: list(self.clusters),
             update_cluster=lambda cluster, state: setattr(cluster, "state", state),
         )
+
+    async def _admin_report(self):
+        check = {"status": "fail", "message": "slurmctld does not answer; see the gateway log"}
+        return {"status": "fail", "checks": {"slurm": {**check, "detail": "ssh: x", "age": 2}}}
 
     async def stop_cluster(self, name, failed=False):
         cluster = next(c for c in self.clusters if c.name == name)
@@ -242,10 +248,14 @@ def test_the_channel_serves_clusters_and_stop_over_its_socket(tmp_path):
         stopped = await ask({"op": "stop", "cluster": "42", "reason": "maintenance"})
         again = await ask({"op": "stop", "cluster": "c0ffee", "reason": "twice"})
         bad = await ask({"op": "drop tables"})
+        health = await ask({"op": "health"})
         await backend.cleanup()
-        return backend, path, mode, listing, refused, unknown, stopped, again, bad
+        return backend, path, mode, listing, refused, unknown, stopped, again, bad, health
 
-    backend, path, mode, listing, refused, unknown, stopped, again, bad = asyncio.run(scenario())
+    backend, path, mode, listing, refused, unknown, stopped, again, bad, health = asyncio.run(
+        scenario()
+    )
+    assert health["health"]["checks"]["slurm"]["detail"] == "ssh: x"
     assert mode == 0o600
     assert [(c["user"], c["name"], c["scheduler"]["id"]) for c in listing["clusters"]] == [
         ("alice", "c0ffee", "42"),
@@ -298,5 +308,29 @@ def test_the_subcommands_say_what_is_wrong_without_a_gateway(tmp_path):
     out = _cli("clusters", "-f", str(config))
     assert f"nothing answers at {tmp_path}/state/admin.sock" in out.stderr, out.stderr
     helped = _cli("--help")
-    for command in ("clusters", "stop", "logs"):
+    out = _cli("health", f"--state-directory={tmp_path}")
+    assert out.returncode == 1 and "slurm-gateway health: the gateway is not running" in out.stderr
+    for command in ("clusters", "stop", "health", "logs"):
         assert f"\n{command}\n" in helped.stdout, helped.stdout
+
+
+def test_health_lines_show_each_part_and_below_it_what_it_said_made_printable():
+    body = {
+        "status": "fail",
+        "checks": {
+            "slurm": {
+                "status": "fail",
+                "message": "slurmctld does not answer; see the gateway log",
+                "detail": "squeue exited 1: ssh: connect to slurmgw@login1\x1b[2J refused",
+                "age": 125.0,
+            },
+            "proxy": {"status": "warn", "message": "proxy not checked yet"},
+        },
+    }
+    lines = health_lines(body).splitlines()
+    assert lines[0] == "Health: fail"
+    assert lines[1] == "FAIL  slurm: slurmctld does not answer; see the gateway log"
+    assert lines[2].startswith("      2m ago: squeue exited 1: ssh: connect to slurmgw@login1")
+    assert "\x1b" not in lines[2]
+    assert lines[3] == "WARN  proxy: proxy not checked yet"
+    assert len(lines) == 4

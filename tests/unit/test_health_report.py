@@ -4,6 +4,7 @@ health request ever reaching slurmctld."""
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import warnings
 
@@ -11,17 +12,15 @@ import sqlalchemy as sa
 from aiohttp import web
 
 from slurm_gateway import dgs_compat
+from slurm_gateway.availability import Observation, is_due
 from slurm_gateway.health import (
     FAIL,
     PASS,
     WARN,
     Check,
     HealthMonitor,
-    Observation,
     accounting_check,
     health_body,
-    is_due,
-    log_line,
     ping_answer,
     slurm_check,
 )
@@ -92,11 +91,12 @@ class _Slurm:
     def __init__(self):
         self.up = True
         self.calls: list[list[str]] = []
+        self.stderr = {"squeue": DOWN, "sacct": DOWN, "scontrol": DOWN}
 
     async def run(self, argv, **kwargs):
         self.calls.append(list(argv))
         if not self.up:
-            return _result(argv, 1, "", DOWN)
+            return _result(argv, 1, "", self.stderr[argv[0]])
         if argv[-1] == "ping":
             return _result(argv, 0, "Slurmctld(primary) at vm is UP\n")
         return _result(argv, 0, "")
@@ -162,7 +162,7 @@ def test_without_polls_the_monitor_pings_once_per_period(tmp_path):
         await monitor.refresh()
         await monitor.refresh()  # within the period: no second ping
         slurm.up = False
-        monitor.seen["slurm"] = Observation(True, "old", 0.0)  # a period ago
+        monitor.parts.seen["slurm"] = Observation(True, "old", 0.0)  # a period ago
         await monitor.refresh()
         return await monitor.report()
 
@@ -174,7 +174,7 @@ def test_without_polls_the_monitor_pings_once_per_period(tmp_path):
         "status": FAIL,
         "message": "proxy does not answer; see the gateway log",
     }
-    assert "127.0.0.1:1" in monitor.seen["proxy"].message  # for the log
+    assert "127.0.0.1:1" in monitor.parts.seen["proxy"].detail  # for the log
     assert body["checks"]["database"] == {"status": PASS, "message": "database answers"}
 
 
@@ -198,7 +198,7 @@ def test_a_database_that_cannot_be_opened_fails(tmp_path):
         "status": FAIL,
         "message": "database does not answer; see the gateway log",
     }
-    assert "unable to open database file" in monitor.seen["database"].message
+    assert "unable to open database file" in monitor.parts.seen["database"].detail
 
 
 def test_a_proxy_routing_to_the_gateway_passes(tmp_path):
@@ -219,11 +219,11 @@ def test_a_proxy_routing_to_the_gateway_passes(tmp_path):
         wrong._serving = True
         await wrong.refresh()
         await runner.cleanup()
-        return monitor.seen["proxy"], wrong.seen["proxy"]
+        return monitor.parts.seen["proxy"], wrong.parts.seen["proxy"]
 
     good, wrong = asyncio.run(scenario())
     assert good.ok
-    assert not wrong.ok and "HTTP 404" in wrong.message
+    assert not wrong.ok and "HTTP 404" in wrong.detail
 
 
 def test_the_stock_route_answers_the_backends_report_with_503_on_fail():
@@ -286,7 +286,7 @@ def test_each_change_is_logged_once(tmp_path, caplog):
         slurm.up = False
         for _ in range(3):
             await polled(["squeue", "--jobs=1"])
-            monitor.seen["slurm"] = Observation(False, "old", 0.0)
+            monitor.parts.seen["slurm"] = Observation(False, "old", 0.0)
             await monitor.refresh()  # its own ping fails too: no second line
         slurm.up = True
         await polled(["squeue", "--jobs=1"])
@@ -302,27 +302,65 @@ def test_each_change_is_logged_once(tmp_path, caplog):
     ]
 
 
-def test_a_part_still_failing_is_logged_again_at_most_every_5_minutes():
-    down = Observation(False, "x", 0.0)
-    assert log_line("proxy", None, False, "refused", None, 0) == "Health: proxy fails: refused"
-    assert (
-        log_line("proxy", Observation(True, "", 0), False, "r", 9, 10) == "Health: proxy fails: r"
-    )
-    assert log_line("proxy", down, False, "refused", 0, 299) is None
-    assert log_line("proxy", down, False, "refused", 0, 300) == (
-        "Health: proxy still fails: refused"
-    )
-    assert log_line("proxy", down, True, "answers", 0, 1) == "Health: proxy answers again"
-    assert log_line("proxy", None, True, "answers", None, 1) is None
-    assert log_line("proxy", Observation(True, "", 0), True, "answers", None, 1) is None
+# What a failing part says, as it would read on a site: nothing of it may reach the public.
+SECRET_DB_URL = "postgresql+psycopg://gwuser:Pw-s3cret-42@/gatewaydb?host=/run/secret-pg-dir"
+SSH_DOWN = "ssh: connect to slurmgw@login-secret.example.org port 22: Connection refused"
+SACCT_SECRET = "sacct: error: token=AKIA0SECRET0123456789 rejected by slurmdbd@db-secret"
+SECRET_PROXY = "http://127.0.0.1:1/secret-prefix/api/version"
+LEAKS = (
+    "Pw-s3cret-42",
+    "gwuser",
+    "secret-pg-dir",
+    "/run/",
+    "postgresql",
+    "slurmgw@",
+    "login-secret",
+    "Connection refused",
+    "AKIA0SECRET",
+    "db-secret",
+    "secret-prefix",
+    "127.0.0.1",
+)
 
 
-def test_the_availability_the_metrics_show_is_the_health_monitors(tmp_path):
+def test_the_public_body_names_each_failing_part_but_never_what_it_said(tmp_path, caplog):
     slurm = _Slurm()
-    monitor = _monitor(slurm, tmp_path)
+    slurm.stderr = {"squeue": SSH_DOWN, "sacct": SACCT_SECRET, "scontrol": SSH_DOWN}
+    monitor = _monitor(slurm, tmp_path, SECRET_PROXY)
+    monitor._engine = sa.create_engine(SECRET_DB_URL)
+    monitor._serving = True
     polled = monitor.observing(slurm.run)
-    assert monitor.availability() == {"slurm": None, "accounting": None}
-    asyncio.run(polled(["squeue", "--jobs=1"]))
     slurm.up = False
-    asyncio.run(polled(["sacct", "--jobs=1"]))
-    assert monitor.availability() == {"slurm": True, "accounting": False}
+
+    async def scenario():
+        await polled(["squeue", "--jobs=1"])
+        await polled(["sacct", "--jobs=1"])
+        await monitor.refresh()
+        return await monitor.report(), await monitor.admin_report()
+
+    with caplog.at_level(logging.INFO, logger="test"):
+        public, admin = asyncio.run(scenario())
+    checks = public["checks"]
+    assert public["status"] == FAIL
+    assert {part: c["status"] for part, c in checks.items()} == {
+        "slurm": FAIL,
+        "accounting": WARN,
+        "database": FAIL,
+        "proxy": FAIL,
+    }
+    for part, word in (
+        ("slurm", "slurmctld"),
+        ("accounting", "slurmdbd"),
+        ("database", "database"),
+    ):
+        assert word in checks[part]["message"]
+    assert all(set(c) == {"status", "message"} for c in checks.values())
+    text = json.dumps(public)
+    assert [leak for leak in LEAKS if leak in text] == []
+    # The admin (admin channel, the log) gets the details, bounded.
+    details = {part: c["detail"] for part, c in admin["checks"].items()}
+    assert SSH_DOWN in details["slurm"] and SACCT_SECRET in details["accounting"]
+    assert "secret-pg-dir" in details["database"] and "secret-prefix" in details["proxy"]
+    assert admin["status"] == FAIL and admin["checks"]["slurm"]["status"] == FAIL
+    logged = "\n".join(r.getMessage() for r in caplog.records)
+    assert SSH_DOWN in logged and "secret-pg-dir" in logged
