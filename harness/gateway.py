@@ -47,6 +47,8 @@ class GatewayProcess:
         # Files the server must not see (e.g. SLURM_COMMANDS): /dev/null is bind-mounted over
         # each, in a mount namespace of the server's own.
         self.hidden: tuple[str, ...] = ()
+        # Added to the server's environment (e.g. CREDENTIALS_DIRECTORY, as systemd sets it).
+        self.env: dict[str, str] = {}
 
     @property
     def address(self) -> str:
@@ -67,9 +69,9 @@ class GatewayProcess:
         """Start the server as the service account; return once it is healthy."""
         argv = [self.server, "-f", str(self.config)]
         if self.hidden:
-            self.proc = start_hiding(self.hidden, SERVICE_ACCOUNT, argv, self.log)
+            self.proc = start_hiding(self.hidden, SERVICE_ACCOUNT, argv, self.log, self.env)
         else:
-            self.proc = start_as(SERVICE_ACCOUNT, argv, self.log)
+            self.proc = start_as(SERVICE_ACCOUNT, argv, self.log, env=self.env)
         wait_until(lambda: self.proc.poll() is not None or self.healthy(), self.start_timeout)
         if not self.healthy():
             raise HarnessError(f"gateway {self.workdir} did not start:\n{self.log_tail()}")
@@ -106,7 +108,13 @@ class GatewayProcess:
         return log_tail(self.log, lines)
 
 
-def start_hiding(hidden: tuple[str, ...], account: str, argv: list[str], log_path: Path):
+def start_hiding(
+    hidden: tuple[str, ...],
+    account: str,
+    argv: list[str],
+    log_path: Path,
+    env: dict[str, str] | None = None,
+):
     """Like ``start_as``, but in a mount namespace of its own where each of ``hidden`` is
     /dev/null (running it fails): started as root, it drops to ``account`` (without
     supplementary groups) by exec, so the pid is the program's."""
@@ -124,6 +132,6 @@ def start_hiding(hidden: tuple[str, ...], account: str, argv: list[str], log_pat
             stdout=log,
             stderr=subprocess.STDOUT,
             cwd="/",
-            env=user_environment(account),
+            env=user_environment(account, **(env or {})),
             start_new_session=True,
         )

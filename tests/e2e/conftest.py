@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import os
 import pwd
+import secrets
 import shutil
 import signal
 import subprocess
@@ -29,6 +30,7 @@ from harness import postgres
 from harness.gateway import SERVICE_ACCOUNT, SLURM_COMMANDS, GatewayProcess
 from harness.processes import RUNUSER, command_as, run, start_as, stop, user_environment, wait_until
 from harness.slurm import slurm_now, submitted_since, user_jobs
+from slurm_gateway.cli import PROXY_TOKEN_CREDENTIAL
 
 # Names the test modules import from here, besides the fixtures.
 __all__ = [
@@ -149,6 +151,8 @@ class Gateway(GatewayProcess):
         external_proxy: bool = False,
         transport: str | None = None,
         db: str | None = None,
+        proxy_account: tuple[str, str] = (SERVICE_ACCOUNT, SERVICE_ACCOUNT),
+        proxy_token_credential: bool = False,
     ):
         super().__init__(workdir, GATEWAY, f"127.0.0.1:{port}")
         self.transport = transport or TRANSPORT
@@ -167,6 +171,25 @@ class Gateway(GatewayProcess):
         self.external_proxy = external_proxy
         self.proxy_log = workdir / "proxy.log"
         self.proxy_proc = None
+        # The external proxy's account and group (deploy/slurm-gateway-proxy.service: its
+        # own account, group slurmgw); its environment.
+        self.proxy_account = proxy_account
+        self.proxy_env: dict[str, str] = {}
+        if proxy_token_credential:
+            self.give_proxy_token_as_credentials()
+
+    def give_proxy_token_as_credentials(self):
+        """As the shipped units' LoadCredential=proxy-token: one token, a copy for each
+        service in a directory only its account reads, named by CREDENTIALS_DIRECTORY."""
+        token = secrets.token_hex(32)
+        for account, env in ((SERVICE_ACCOUNT, self.env), (self.proxy_account[0], self.proxy_env)):
+            directory = self.workdir / f"credentials-{account}"
+            directory.mkdir(mode=0o500)
+            (directory / PROXY_TOKEN_CREDENTIAL).write_text(token)
+            os.chmod(directory / PROXY_TOKEN_CREDENTIAL, 0o400)
+            for path in (directory, directory / PROXY_TOKEN_CREDENTIAL):
+                shutil.chown(path, account)
+            env["CREDENTIALS_DIRECTORY"] = str(directory)
 
     def write_config(self):
         self.install_config(
@@ -211,8 +234,13 @@ class Gateway(GatewayProcess):
         (self.client_config / "gateway.yaml").write_text(out.stdout)
         os.chmod(self.client_config / "gateway.yaml", 0o644)
         if self.external_proxy and (self.proxy_proc is None or self.proxy_proc.poll() is not None):
+            account, group = self.proxy_account
             self.proxy_proc = start_as(
-                SERVICE_ACCOUNT, [GATEWAY, "proxy", "-f", str(self.config)], self.proxy_log
+                account,
+                [GATEWAY, "proxy", "-f", str(self.config)],
+                self.proxy_log,
+                group=group,
+                env=self.proxy_env,
             )
         super().start()
 
@@ -245,6 +273,7 @@ def make_gateway(gateway):
         external_proxy: bool = False,
         transport: str | None = None,
         db: str | None = None,
+        **proxy,
     ) -> Gateway:
         gw = Gateway(
             Path(tempfile.mkdtemp(prefix="slurm-gateway-test-")),
@@ -253,6 +282,7 @@ def make_gateway(gateway):
             external_proxy,
             transport,
             db,
+            **proxy,
         )
         started.append(gw)
         gw.start()
