@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import pwd
+import secrets
 import shutil
 import signal
 import subprocess
@@ -24,6 +25,8 @@ from harness.processes import (
 )
 
 SERVICE_ACCOUNT = "slurmgw"
+# The proxy token's name among a unit's credentials (slurm_gateway.cli.PROXY_TOKEN_CREDENTIAL).
+PROXY_TOKEN_CREDENTIAL = "proxy-token"
 # SLURM's client commands, hidden from a gateway that must reach SLURM over SSH only.
 SLURM_COMMANDS = tuple(
     f"/usr/bin/{c}" for c in ("sbatch", "squeue", "sacct", "scancel", "scontrol")
@@ -135,3 +138,20 @@ def start_hiding(
             env=user_environment(account, **(env or {})),
             start_new_session=True,
         )
+
+
+def proxy_token_credentials(workdir: Path, accounts: tuple[str, ...]) -> dict[str, str]:
+    """As the shipped units' ``LoadCredential=proxy-token``: one new proxy token, a copy for
+    each account in a directory of its own under ``workdir`` that only it reads; each
+    account's directory, for its CREDENTIALS_DIRECTORY."""
+    token = secrets.token_hex(32)
+    directories = {}
+    for account in accounts:
+        directory = workdir / f"credentials-{account}"
+        directory.mkdir(mode=0o500)
+        (directory / PROXY_TOKEN_CREDENTIAL).write_text(token)
+        os.chmod(directory / PROXY_TOKEN_CREDENTIAL, 0o400)
+        for path in (directory, directory / PROXY_TOKEN_CREDENTIAL):
+            shutil.chown(path, account)
+        directories[account] = str(directory)
+    return directories

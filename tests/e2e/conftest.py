@@ -15,7 +15,6 @@ from __future__ import annotations
 import json
 import os
 import pwd
-import secrets
 import shutil
 import signal
 import subprocess
@@ -27,10 +26,14 @@ import pytest
 from slurm_gateway_client import make_payload
 
 from harness import postgres
-from harness.gateway import SERVICE_ACCOUNT, SLURM_COMMANDS, GatewayProcess
+from harness.gateway import (
+    SERVICE_ACCOUNT,
+    SLURM_COMMANDS,
+    GatewayProcess,
+    proxy_token_credentials,
+)
 from harness.processes import RUNUSER, command_as, run, start_as, stop, user_environment, wait_until
 from harness.slurm import slurm_now, submitted_since, user_jobs
-from slurm_gateway.cli import PROXY_TOKEN_CREDENTIAL
 
 # Names the test modules import from here, besides the fixtures.
 __all__ = [
@@ -176,20 +179,9 @@ class Gateway(GatewayProcess):
         self.proxy_account = proxy_account
         self.proxy_env: dict[str, str] = {}
         if proxy_token_credential:
-            self.give_proxy_token_as_credentials()
-
-    def give_proxy_token_as_credentials(self):
-        """As the shipped units' LoadCredential=proxy-token: one token, a copy for each
-        service in a directory only its account reads, named by CREDENTIALS_DIRECTORY."""
-        token = secrets.token_hex(32)
-        for account, env in ((SERVICE_ACCOUNT, self.env), (self.proxy_account[0], self.proxy_env)):
-            directory = self.workdir / f"credentials-{account}"
-            directory.mkdir(mode=0o500)
-            (directory / PROXY_TOKEN_CREDENTIAL).write_text(token)
-            os.chmod(directory / PROXY_TOKEN_CREDENTIAL, 0o400)
-            for path in (directory, directory / PROXY_TOKEN_CREDENTIAL):
-                shutil.chown(path, account)
-            env["CREDENTIALS_DIRECTORY"] = str(directory)
+            directories = proxy_token_credentials(workdir, (SERVICE_ACCOUNT, proxy_account[0]))
+            self.env["CREDENTIALS_DIRECTORY"] = directories[SERVICE_ACCOUNT]
+            self.proxy_env["CREDENTIALS_DIRECTORY"] = directories[proxy_account[0]]
 
     def write_config(self):
         self.install_config(
