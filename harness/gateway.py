@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import pwd
+import secrets
 import shutil
 import signal
 import subprocess
@@ -24,6 +25,8 @@ from harness.processes import (
 )
 
 SERVICE_ACCOUNT = "slurmgw"
+# The proxy token's name among a unit's credentials (slurm_gateway.cli.PROXY_TOKEN_CREDENTIAL).
+PROXY_TOKEN_CREDENTIAL = "proxy-token"
 # SLURM's client commands, hidden from a gateway that must reach SLURM over SSH only.
 SLURM_COMMANDS = tuple(
     f"/usr/bin/{c}" for c in ("sbatch", "squeue", "sacct", "scancel", "scontrol")
@@ -47,6 +50,8 @@ class GatewayProcess:
         # Files the server must not see (e.g. SLURM_COMMANDS): /dev/null is bind-mounted over
         # each, in a mount namespace of the server's own.
         self.hidden: tuple[str, ...] = ()
+        # Added to the server's environment (e.g. CREDENTIALS_DIRECTORY, as systemd sets it).
+        self.env: dict[str, str] = {}
 
     @property
     def address(self) -> str:
@@ -67,9 +72,9 @@ class GatewayProcess:
         """Start the server as the service account; return once it is healthy."""
         argv = [self.server, "-f", str(self.config)]
         if self.hidden:
-            self.proc = start_hiding(self.hidden, SERVICE_ACCOUNT, argv, self.log)
+            self.proc = start_hiding(self.hidden, SERVICE_ACCOUNT, argv, self.log, self.env)
         else:
-            self.proc = start_as(SERVICE_ACCOUNT, argv, self.log)
+            self.proc = start_as(SERVICE_ACCOUNT, argv, self.log, env=self.env)
         wait_until(lambda: self.proc.poll() is not None or self.healthy(), self.start_timeout)
         if not self.healthy():
             raise HarnessError(f"gateway {self.workdir} did not start:\n{self.log_tail()}")
@@ -106,7 +111,13 @@ class GatewayProcess:
         return log_tail(self.log, lines)
 
 
-def start_hiding(hidden: tuple[str, ...], account: str, argv: list[str], log_path: Path):
+def start_hiding(
+    hidden: tuple[str, ...],
+    account: str,
+    argv: list[str],
+    log_path: Path,
+    env: dict[str, str] | None = None,
+):
     """Like ``start_as``, but in a mount namespace of its own where each of ``hidden`` is
     /dev/null (running it fails): started as root, it drops to ``account`` (without
     supplementary groups) by exec, so the pid is the program's."""
@@ -124,6 +135,23 @@ def start_hiding(hidden: tuple[str, ...], account: str, argv: list[str], log_pat
             stdout=log,
             stderr=subprocess.STDOUT,
             cwd="/",
-            env=user_environment(account),
+            env=user_environment(account, **(env or {})),
             start_new_session=True,
         )
+
+
+def proxy_token_credentials(workdir: Path, accounts: tuple[str, ...]) -> dict[str, str]:
+    """As the shipped units' ``LoadCredential=proxy-token``: one new proxy token, a copy for
+    each account in a directory of its own under ``workdir`` that only it reads; each
+    account's directory, for its CREDENTIALS_DIRECTORY."""
+    token = secrets.token_hex(32)
+    directories = {}
+    for account in accounts:
+        directory = workdir / f"credentials-{account}"
+        directory.mkdir(mode=0o500)
+        (directory / PROXY_TOKEN_CREDENTIAL).write_text(token)
+        os.chmod(directory / PROXY_TOKEN_CREDENTIAL, 0o400)
+        for path in (directory, directory / PROXY_TOKEN_CREDENTIAL):
+            shutil.chown(path, account)
+        directories[account] = str(directory)
+    return directories

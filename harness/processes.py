@@ -3,6 +3,7 @@ Unix account (in a process group of its own, output to a log file) and stop it a
 
 from __future__ import annotations
 
+import grp
 import ipaddress
 import os
 import pwd
@@ -57,13 +58,21 @@ def user_environment(user: str, **extra: str) -> dict[str, str]:
     }
 
 
-def start_as(account: str, argv: list[str], log_path: Path) -> subprocess.Popen:
+def start_as(
+    account: str,
+    argv: list[str],
+    log_path: Path,
+    group: str | None = None,
+    env: dict[str, str] | None = None,
+) -> subprocess.Popen:
     """Start ``argv`` as ``account`` in a process group of its own, its output appended to
-    ``log_path`` (mode 0640).
+    ``log_path`` (mode 0640); in ``group`` if given (else the account's own), with ``env``
+    added to its environment.
 
     Started directly as the account (not through runuser), without its supplementary groups,
     so that signals sent to the process reach the program itself."""
     entry = pwd.getpwnam(account)
+    gid = grp.getgrnam(group).gr_gid if group else entry.pw_gid
     with open(log_path, "ab") as log:
         os.chmod(log_path, 0o640)
         return subprocess.Popen(
@@ -73,9 +82,9 @@ def start_as(account: str, argv: list[str], log_path: Path) -> subprocess.Popen:
             stderr=subprocess.STDOUT,
             cwd="/",
             user=entry.pw_uid,
-            group=entry.pw_gid,
+            group=gid,
             extra_groups=[],
-            env=user_environment(account),
+            env=user_environment(account, **(env or {})),
             start_new_session=True,
         )
 

@@ -35,9 +35,13 @@ from .state import read_or_create_secret
 from .transport import LocalSudoRunner
 
 DEFAULT_CONFIG = "/etc/slurm-gateway/config.py"
-#: The proxy token's path in the state directory: a directory of its own, the only part of
-#: the state directory the proxy's unit lets it see (deploy/slurm-gateway-proxy.service).
+#: The proxy token's path in the state directory, where a gateway and a proxy run by hand as
+#: the same account share it (the shipped units pass it as a credential, see
+#: :data:`PROXY_TOKEN_CREDENTIAL`).
 PROXY_TOKEN = Path("proxy", "proxy-token")
+#: The name of the proxy token among a systemd unit's credentials (``LoadCredential=``): the
+#: shipped units run the proxy and the gateway as different accounts, which share no file.
+PROXY_TOKEN_CREDENTIAL = "proxy-token"
 CONFIG_FILE_MODE = 0o640
 
 _AUTH_TYPES = {
@@ -188,15 +192,26 @@ class ClientConfig(Application):
 def share_proxy_token(config: Config) -> None:
     """Give an externally managed proxy and the gateway the same API token.
 
-    Unless the admin set one (``c.Proxy.api_token`` or ``DASK_GATEWAY_PROXY_TOKEN``), it
-    is kept in the state directory (:data:`PROXY_TOKEN`), created there on first use, so
-    that both services find it without a secret in the config file."""
+    Unless the admin set one (``c.Proxy.api_token`` or ``DASK_GATEWAY_PROXY_TOKEN``), it is
+    the systemd credential :data:`PROXY_TOKEN_CREDENTIAL` when the unit loads one (the
+    shipped units: ``LoadCredential=``, each service gets a copy only its account reads), or
+    else kept in the state directory (:data:`PROXY_TOKEN`), created there on first use: both
+    find it without a secret in the config file."""
     if (
         not config.Proxy.get("externally_managed", False)
         or "api_token" in config.Proxy
         or os.environ.get("DASK_GATEWAY_PROXY_TOKEN")
     ):
         return
+    credentials = os.environ.get("CREDENTIALS_DIRECTORY")
+    if credentials:
+        credential = Path(credentials) / PROXY_TOKEN_CREDENTIAL
+        if credential.exists():
+            token = credential.read_text().strip()
+            if not token:
+                raise ValueError(f"the proxy token credential {credential} is empty")
+            config.Proxy.api_token = token
+            return
     state_directory = config.SlurmBackend.get(
         "state_directory", SlurmBackend.state_directory.default_value
     )

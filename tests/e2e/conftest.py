@@ -26,7 +26,12 @@ import pytest
 from slurm_gateway_client import make_payload
 
 from harness import postgres
-from harness.gateway import SERVICE_ACCOUNT, SLURM_COMMANDS, GatewayProcess
+from harness.gateway import (
+    SERVICE_ACCOUNT,
+    SLURM_COMMANDS,
+    GatewayProcess,
+    proxy_token_credentials,
+)
 from harness.processes import RUNUSER, command_as, run, start_as, stop, user_environment, wait_until
 from harness.slurm import slurm_now, submitted_since, user_jobs
 
@@ -149,6 +154,8 @@ class Gateway(GatewayProcess):
         external_proxy: bool = False,
         transport: str | None = None,
         db: str | None = None,
+        proxy_account: tuple[str, str] = (SERVICE_ACCOUNT, SERVICE_ACCOUNT),
+        proxy_token_credential: bool = False,
     ):
         super().__init__(workdir, GATEWAY, f"127.0.0.1:{port}")
         self.transport = transport or TRANSPORT
@@ -167,6 +174,14 @@ class Gateway(GatewayProcess):
         self.external_proxy = external_proxy
         self.proxy_log = workdir / "proxy.log"
         self.proxy_proc = None
+        # The external proxy's account and group (deploy/slurm-gateway-proxy.service: its
+        # own account, group slurmgw); its environment.
+        self.proxy_account = proxy_account
+        self.proxy_env: dict[str, str] = {}
+        if proxy_token_credential:
+            directories = proxy_token_credentials(workdir, (SERVICE_ACCOUNT, proxy_account[0]))
+            self.env["CREDENTIALS_DIRECTORY"] = directories[SERVICE_ACCOUNT]
+            self.proxy_env["CREDENTIALS_DIRECTORY"] = directories[proxy_account[0]]
 
     def write_config(self):
         self.install_config(
@@ -211,8 +226,13 @@ class Gateway(GatewayProcess):
         (self.client_config / "gateway.yaml").write_text(out.stdout)
         os.chmod(self.client_config / "gateway.yaml", 0o644)
         if self.external_proxy and (self.proxy_proc is None or self.proxy_proc.poll() is not None):
+            account, group = self.proxy_account
             self.proxy_proc = start_as(
-                SERVICE_ACCOUNT, [GATEWAY, "proxy", "-f", str(self.config)], self.proxy_log
+                account,
+                [GATEWAY, "proxy", "-f", str(self.config)],
+                self.proxy_log,
+                group=group,
+                env=self.proxy_env,
             )
         super().start()
 
@@ -245,6 +265,7 @@ def make_gateway(gateway):
         external_proxy: bool = False,
         transport: str | None = None,
         db: str | None = None,
+        **proxy,
     ) -> Gateway:
         gw = Gateway(
             Path(tempfile.mkdtemp(prefix="slurm-gateway-test-")),
@@ -253,6 +274,7 @@ def make_gateway(gateway):
             external_proxy,
             transport,
             db,
+            **proxy,
         )
         started.append(gw)
         gw.start()

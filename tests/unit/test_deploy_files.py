@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from slurm_gateway.cli import DEFAULT_CONFIG, PROXY_TOKEN
+from slurm_gateway.cli import DEFAULT_CONFIG, PROXY_TOKEN_CREDENTIAL
 from slurm_gateway.settings import SlurmBackendSettings
 
 REPO = Path(__file__).resolve().parents[2]
@@ -95,14 +95,19 @@ def test_the_units_run_what_the_readme_installs_where_it_installs_it():
         "-f",
         config,
     ]
-    # Of the state directory, the proxy sees only the proxy token's directory.
-    assert proxy["Service.TemporaryFileSystem"] == state
-    token_directory = f"{state}/{PROXY_TOKEN.parent}"
-    assert proxy["Service.BindPaths"] == token_directory
-    assert f"install -d -m 0700 -o {account} {token_directory} " in README
+    # The proxy runs as an account of its own, in the gateway's group (the config file's),
+    # and sees nothing of the state directory.
+    proxy_group, proxy_account = re.findall(r"--gid (\S+) (\S+)\s+# the proxy's own", README)[0]
+    assert proxy_group == account
+    assert proxy["Service.InaccessiblePaths"] == state
     sudo_account = (DEPLOY / "sudoers").read_text().split("Defaults:", 1)[1].split()[0]
+    assert gateway["Service.User"] == gateway["Service.Group"] == account == sudo_account
+    assert proxy["Service.User"] == proxy_account != account
+    assert proxy["Service.Group"] == proxy_group
+    # Both get the proxy's API token from the file the README has the admin make.
+    token = _readme_path(r"openssl rand -hex 32 >(/\S+)\)")
     for unit in (gateway, proxy):
-        assert unit["Service.User"] == unit["Service.Group"] == account == sudo_account
+        assert unit["Service.LoadCredential"] == f"{PROXY_TOKEN_CREDENTIAL}:{token}"
         assert unit["Service.Restart"] == "on-failure"
         assert unit["Service.UMask"] == "0077"  # the gateway's secrets stay private
         assert unit["Install.WantedBy"] == "multi-user.target"
@@ -131,9 +136,14 @@ def test_the_proxy_binds_a_privileged_port_and_nothing_else():
 
 
 def test_the_proxy_cannot_reach_what_else_the_service_account_holds():
-    # It runs as the gateway's account: no Unix socket (the admin socket), no view of the
-    # gateway's processes or IPC, only the system calls of an ordinary service.
-    proxy = unit_settings(PROXY_UNIT)
+    # Not the gateway's account: a process of that account could signal the gateway and
+    # open /proc/PID/root, /fd, /mem, /environ of the gateway's processes, and through root
+    # the state directory whatever the proxy's unit hides. Besides: no Unix socket (the
+    # admin socket), no view of other accounts' processes nor of IPC, only the system calls
+    # of an ordinary service.
+    proxy, gateway = unit_settings(PROXY_UNIT), unit_settings(GATEWAY_UNIT)
+    assert proxy["Service.User"] != gateway["Service.User"]
+    assert proxy["Service.InaccessiblePaths"] == SlurmBackendSettings.state_directory.default_value
     assert proxy["Service.RestrictAddressFamilies"].split() == ["AF_INET", "AF_INET6"]
     assert proxy["Service.SystemCallFilter"] == "@system-service"
     assert proxy["Service.PrivateIPC"] == "yes"

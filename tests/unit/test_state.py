@@ -6,7 +6,7 @@ import stat
 import pytest
 from traitlets.config import Config
 
-from slurm_gateway.cli import PROXY_TOKEN, share_proxy_token
+from slurm_gateway.cli import PROXY_TOKEN, PROXY_TOKEN_CREDENTIAL, share_proxy_token
 from slurm_gateway.state import ensure_private_directory, read_or_create_secret
 
 
@@ -60,7 +60,7 @@ def test_an_external_proxy_and_the_gateway_share_one_token(tmp_path, monkeypatch
     assert gateway.Proxy.api_token == proxy.Proxy.api_token
     assert (tmp_path / PROXY_TOKEN).read_text() == gateway.Proxy.api_token
     assert _mode(tmp_path / PROXY_TOKEN) == 0o600
-    assert _mode(tmp_path / PROXY_TOKEN.parent) == 0o700  # all the proxy's unit lets it see
+    assert _mode(tmp_path / PROXY_TOKEN.parent) == 0o700
 
 
 def test_proxy_token_is_left_alone_when_set_or_not_needed(tmp_path, monkeypatch):
@@ -72,3 +72,25 @@ def test_proxy_token_is_left_alone_when_set_or_not_needed(tmp_path, monkeypatch)
     share_proxy_token(chosen)
     assert chosen.Proxy.api_token == "abc"
     assert not (tmp_path / PROXY_TOKEN).exists()
+
+
+def test_the_units_proxy_token_credential_comes_first(tmp_path, monkeypatch):
+    # The shipped units run the proxy and the gateway as different accounts: each gets the
+    # token as a systemd credential, and neither touches the state directory for it.
+    monkeypatch.delenv("DASK_GATEWAY_PROXY_TOKEN", raising=False)
+    credentials = tmp_path / "credentials"
+    credentials.mkdir()
+    (credentials / PROXY_TOKEN_CREDENTIAL).write_text("f00d" * 16 + "\n")
+    monkeypatch.setenv("CREDENTIALS_DIRECTORY", str(credentials))
+    state = tmp_path / "state"
+    gateway, proxy = (
+        _config(state, externally_managed=True),
+        _config(state, externally_managed=True),
+    )
+    share_proxy_token(gateway)
+    share_proxy_token(proxy)
+    assert gateway.Proxy.api_token == proxy.Proxy.api_token == "f00d" * 16
+    assert not state.exists()
+    (credentials / PROXY_TOKEN_CREDENTIAL).write_text("\n")
+    with pytest.raises(ValueError, match="empty"):
+        share_proxy_token(_config(state, externally_managed=True))
