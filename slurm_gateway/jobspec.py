@@ -4,7 +4,8 @@ context, as pure functions of the cluster's config and the gateway's settings.
 The template context is the contract with admin templates (see ``templates/base.sh.j2``):
 ``role``, ``cluster_name``, ``job`` (the ``#SBATCH`` values), ``conda_env``,
 ``user_environment``, ``gateway_environment``, ``tls_cert``, ``tls_key``, ``command``,
-``worker_names``, ``user_log_directory``, ``log_retention_days`` and ``scheduler_preload``
+``worker_names`` and ``worker_lifetimes`` (one per array task, indexed by
+``SLURM_ARRAY_TASK_ID``), ``user_log_directory``, ``log_retention_days`` and ``scheduler_preload``
 (the source of :mod:`slurm_gateway.scheduler_preload`, which the scheduler template writes
 to :data:`PRELOAD_FILE` in the job's private directory).
 """
@@ -57,21 +58,18 @@ def worker_seconds(
     return max(MIN_WORKER_SECONDS, min(wanted, cluster_left))
 
 
-def lifetime_args(seconds: float, margin: float) -> list[str]:
-    """dask's ``--lifetime``: leave between one and two ``margin`` (at most a quarter of the
-    walltime each) before the walltime, so that the work moves on to other workers and
-    the workers of one array do not all leave at once.
+def worker_lifetimes(seconds: float, margin: float, count: int) -> list[str]:
+    """dask's ``--lifetime`` of each of ``count`` workers submitted together (one job array):
+    they leave between one and two ``margin`` (at most a quarter of the walltime each)
+    before the walltime, so that the work moves on to other workers, one after the other,
+    ``margin / count`` apart.
 
-    dask staggers a lifetime both ways (``lifetime ± stagger``), so the lifetime is
-    ``walltime - 1.5 margin`` with a stagger of ``margin / 2``: the latest leaver still has
-    ``margin`` seconds to hand its data over before SLURM's walltime ends the job."""
+    Evenly spread, not left to dask's random ``--lifetime-stagger``: with that, two workers
+    of one array could leave seconds apart, and the second found no worker to take the
+    results the first handed it (dask recomputed them). The latest leaver still has
+    ``margin`` seconds before SLURM's walltime ends its job."""
     margin = min(margin, seconds / 4)
-    return [
-        "--lifetime",
-        f"{seconds - 1.5 * margin:.0f}s",
-        "--lifetime-stagger",
-        f"{margin / 2:.0f}s",
-    ]
+    return [f"{seconds - margin - margin * (task + 0.5) / count:.0f}s" for task in range(count)]
 
 
 def worker_command(
@@ -81,11 +79,10 @@ def worker_command(
     host: str,
     nthreads: str,
     memory_limit: str,
-    seconds: float,
-    margin: float,
     listen_host: str = "",
 ) -> list[str]:
-    """The worker command without ``--name``, which the job script adds per array task."""
+    """The worker command without ``--name`` and ``--lifetime``, which the job script adds
+    per array task (``worker_names``, ``worker_lifetimes``)."""
     command = [
         *base,
         scheduler_address,
@@ -98,7 +95,6 @@ def worker_command(
         # Exit when the scheduler is gone instead of waiting for the walltime.
         "--death-timeout",
         str(WORKER_DEATH_TIMEOUT),
-        *lifetime_args(seconds, margin),
     ]
     if listen_host:
         command += ["--host", listen_host]
@@ -173,6 +169,7 @@ def template_context(
     gateway_environment: Mapping[str, str],
     tls: tuple[str, str],
     worker_names: Sequence[str] = (),
+    worker_lifetimes: Sequence[str] = (),
 ) -> dict:
     """Everything a job template sees (the contract in this module's docstring)."""
     gateway_only, user_only = split_environment(gateway_environment, config["environment"])
@@ -187,6 +184,7 @@ def template_context(
         "tls_key": tls[1],
         "command": command,
         "worker_names": list(worker_names),
+        "worker_lifetimes": list(worker_lifetimes),
         "user_log_directory": user_log_directory(config["log_directory"], username),
         "log_retention_days": config["log_retention_days"],
         "scheduler_preload": SCHEDULER_PRELOAD_SOURCE if role == "scheduler" else "",
@@ -241,13 +239,12 @@ class JobScripts:
             host=self.host,
             nthreads=nthreads_memory[0],
             memory_limit=nthreads_memory[1],
-            seconds=seconds,
-            margin=self.walltime_margin,
             listen_host=self.listen_host,
         )
         walltime = format_walltime(seconds)
+        lifetimes = worker_lifetimes(seconds, self.walltime_margin, len(workers))
         return self._render(
-            cluster, "worker", log_directory, command, walltime, environment, workers
+            cluster, "worker", log_directory, command, walltime, environment, workers, lifetimes
         )
 
     def _render(
@@ -259,6 +256,7 @@ class JobScripts:
         walltime: str,
         environment: Mapping[str, str],
         workers: Sequence = (),
+        lifetimes: Sequence[str] = (),
     ) -> str:
         job = job_directives(
             cluster.config,
@@ -279,5 +277,6 @@ class JobScripts:
             gateway_environment=environment,
             tls=(cluster.tls_cert.decode(), cluster.tls_key.decode()),
             worker_names=[w.name for w in workers],
+            worker_lifetimes=lifetimes,
         )
         return render_job_script(self.templates, f"{role}.sh.j2", context)

@@ -232,9 +232,10 @@ class SlurmBackendSettings(DBBackendBase):
     worker_walltime_margin = Float(
         300,
         help="""Workers leave gracefully between this many and twice this many seconds
-        (at most a quarter of their walltime each) before their job's walltime, staggered so
-        that they do not all leave at once and their data moves to other workers; the
-        gateway starts a replacement while the cluster has time left.""",
+        (at most a quarter of their walltime each) before their job's walltime, spread
+        evenly over that span so that they leave one after the other and their data moves
+        to other workers; the gateway starts a replacement while the cluster has time
+        left.""",
         config=True,
     )
 

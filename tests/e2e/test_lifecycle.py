@@ -254,11 +254,10 @@ def test_walltime_aware_workers_and_cluster_end(as_user, make_gateway):
             time.sleep(1)
             return i
 
-        # ~100 s on 2 workers: longer than the first workers' lifetime (60-90 s), well
-        # inside the cluster's 4 min. Each result is taken and released as it comes: a
-        # worker leaving at its lifetime hands its results to another worker, but when
-        # both leave within seconds of each other there is none, and dask recomputes
-        # everything they held (the run of 04:29 lost ~120 results at every turnover).
+        # ~100 s on 2 workers: longer than the first workers' lifetimes (68 and 82 s:
+        # one array, spread 15 s apart), well inside the cluster's 4 min. A worker leaving
+        # at its lifetime hands its results to the other one; each result is also taken
+        # and released as it comes, so that a turnover has little to move.
         from distributed import as_completed
 
         started = time.monotonic()

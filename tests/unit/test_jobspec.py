@@ -1,6 +1,7 @@
 """Job specs: walltimes, worker lifetimes and commands, environments, #SBATCH values, and
 the scripts rendered from them with the built-in templates."""
 
+import itertools
 import subprocess
 from types import SimpleNamespace
 
@@ -14,11 +15,11 @@ from slurm_gateway.jobspec import (
     PRELOAD_WRITE,
     JobScripts,
     job_directives,
-    lifetime_args,
     split_environment,
     template_context,
     with_first_heartbeat,
     worker_command,
+    worker_lifetimes,
     worker_seconds,
 )
 from slurm_gateway.rendering import template_environment
@@ -45,29 +46,32 @@ def test_worker_seconds(walltime, worker_walltime, age, expected):
     assert worker_seconds(walltime, worker_walltime, NOW - age, NOW) == expected
 
 
-def _leave_window(args: list[str]) -> tuple[float, float]:
-    """When dask's worker leaves: ``lifetime ± stagger`` (distributed staggers both ways)."""
-    lifetime = float(args[args.index("--lifetime") + 1].rstrip("s"))
-    stagger = float(args[args.index("--lifetime-stagger") + 1].rstrip("s"))
-    return lifetime - stagger, lifetime + stagger
+def _leave_times(lifetimes: list[str]) -> list[float]:
+    return sorted(float(lifetime.rstrip("s")) for lifetime in lifetimes)
 
 
 @pytest.mark.parametrize("seconds", [120, 600, 3600, 86400])
 @pytest.mark.parametrize("margin", [30, 300])
-def test_every_worker_leaves_at_least_the_margin_before_the_walltime(seconds, margin):
-    earliest, latest = _leave_window(lifetime_args(seconds, margin))
+@pytest.mark.parametrize("count", [1, 2, 7, 500])
+def test_workers_of_one_array_leave_one_after_the_other_before_the_walltime(seconds, margin, count):
+    leave = _leave_times(worker_lifetimes(seconds, margin, count))
     margin = min(margin, seconds / 4)
-    assert latest <= seconds - margin, "a late leaver would meet SLURM's walltime"
-    assert earliest >= seconds - 2 * margin - 1
-    assert latest - earliest >= margin - 1, "workers of one array would leave together"
+    assert len(leave) == count
+    assert leave[-1] <= seconds - margin + 0.5, "a late leaver would meet SLURM's walltime"
+    assert leave[0] >= seconds - 2 * margin - 0.5
+    gaps = [later - earlier for earlier, later in itertools.pairwise(leave)]
+    assert all(abs(gap - margin / count) <= 1 for gap in gaps), "evenly spread"
 
 
-def test_lifetime_for_an_hour_with_five_minutes_margin():
-    assert lifetime_args(3600, 300) == ["--lifetime", "3150s", "--lifetime-stagger", "150s"]
+def test_two_workers_leave_half_a_margin_apart():
+    # With dask's random stagger they could leave seconds apart: the second had no worker
+    # to hand the first one's results to, and dask recomputed them.
+    assert worker_lifetimes(3600, 300, 2) == ["3225s", "3075s"]
+    assert worker_lifetimes(3600, 300, 1) == ["3150s"]
 
 
 def test_lifetime_margin_is_at_most_a_quarter_of_the_walltime():
-    assert _leave_window(lifetime_args(1200, 1000)) == (600, 900)
+    assert worker_lifetimes(1200, 1000, 1) == ["750s"]
 
 
 def _worker_command(**kwargs):
@@ -77,8 +81,6 @@ def _worker_command(**kwargs):
         host="10.1.2.3",
         nthreads="2",
         memory_limit="4 GiB",
-        seconds=3600,
-        margin=300,
         **kwargs,
     )
 
@@ -90,8 +92,8 @@ def test_worker_command_reaches_the_scheduler_and_exits_without_it():
     assert command[command.index("--nthreads") + 1] == "2"
     assert command[command.index("--memory-limit") + 1] == "4 GiB"
     assert command[command.index("--dashboard-address") + 1] == "10.1.2.3:0"
-    assert command[command.index("--lifetime") + 1] == "3150s"
     assert "--host" not in command and "--name" not in command
+    assert "--lifetime" not in command  # one per array task, in the script
 
 
 def test_worker_command_listens_on_listen_host_only_when_set():
@@ -183,6 +185,7 @@ def test_template_context_is_the_declared_contract():
         "tls_key",
         "command",
         "worker_names",
+        "worker_lifetimes",
         "user_log_directory",
         "log_retention_days",
         "scheduler_preload",
@@ -230,7 +233,8 @@ def test_worker_array_script():
     assert "#SBATCH --partition=workers" in lines
     assert "#SBATCH --constraint=skylake" in lines
     assert "worker_names=( w0 w1 w2 )" in lines
-    assert "tls://10.1.2.3:8786" in script and "--lifetime 1350s" in script
+    assert "worker_lifetimes=( 1450s 1350s 1250s )" in lines  # 30 min left, margin 300 s
+    assert "tls://10.1.2.3:8786" in script
     _bash_syntax_ok(script)
 
 

@@ -49,6 +49,7 @@ def _context(tmp_path, environment, conda_env, **job):
         "tls_key": "-----BEGIN PRIVATE KEY-----\ndef\n-----END PRIVATE KEY-----",
         "command": ["python", "-c", "import json, os; print(json.dumps(dict(os.environ)))"],
         "worker_names": ["w0"],
+        "worker_lifetimes": ["100s"],
         "user_log_directory": str(tmp_path / "logs"),
         "log_retention_days": 0,
         "scheduler_preload": "",
@@ -205,12 +206,14 @@ def test_scheduler_removes_the_users_cluster_logs_past_retention(tmp_path, fake_
 def test_each_array_task_runs_the_worker_named_for_its_index(tmp_path, fake_env):
     context = _context(tmp_path, {}, fake_env, array="0-2")
     context["worker_names"] = ["w0", "w1", "w2"]
+    context["worker_lifetimes"] = ["300s", "200s", "100s"]
     context["command"] = ["python", "-c", "import sys; print(sys.argv[1:])"]
     script = render_job_script(template_environment(), "worker.sh.j2", context)
     assert "#SBATCH --array=0-2\n" in script
     for index in range(3):
         result = _run(script, tmp_path, SLURM_ARRAY_TASK_ID=str(index))
-        assert result.stdout.strip().splitlines()[-1] == f"['--name', 'w{index}']"
+        expected = ["--name", f"w{index}", "--lifetime", f"{3 - index}00s"]
+        assert result.stdout.strip().splitlines()[-1] == str(expected)
 
 
 def test_a_job_whose_log_directory_became_a_link_runs_nothing(tmp_path, fake_env):
@@ -237,6 +240,7 @@ def test_a_job_whose_log_directory_became_a_link_runs_nothing(tmp_path, fake_env
 def test_each_task_of_an_array_logs_to_its_own_file(tmp_path, fake_env):
     context = _context(tmp_path, {}, fake_env, array="0-1")
     context["worker_names"] = ["w0", "w1"]
+    context["worker_lifetimes"] = ["100s", "50s"]
     script = render_job_script(template_environment(), "worker.sh.j2", context)
     _run(script, tmp_path, SLURM_ARRAY_JOB_ID="7", SLURM_ARRAY_TASK_ID="1")
     assert [p.name for p in (tmp_path / "logs" / "c0ffee").iterdir()] == ["worker-7_1.log"]
