@@ -282,6 +282,8 @@ class SlurmBackend(
             await self.jobs.cancel(cluster.username, job_ids)
         finally:
             self._forget(job_ids)
+        if job_ids:  # their places under the user's SLURM limits are free now
+            self.release_held_soon(cluster.username)
         if log_file:
             last_line = reported_tail or await self.as_user.last_log_line(
                 cluster.username, log_file

@@ -1,7 +1,8 @@
 """Past SLURM's limits (issue 13): scale(2000) leaves as arrays within MaxArraySize, all in
 the queue within seconds; under a QOS's MaxSubmitJobsPerUser the gateway submits what fits,
 holds the rest, tells the user why in the cluster's report, drops held workers first when
-the user scales down, and submits them as the user's jobs end."""
+the user scales down, and submits them as the user's jobs end or another of the user's
+clusters stops."""
 
 from __future__ import annotations
 
@@ -115,3 +116,11 @@ def held_and_released(as_user, gw, name: str, other: str) -> None:
     assert replaced and len(replaced) == QOS_LIMIT, queued_tasks("bob")
     reason = pending_reason(as_user, gw, name)
     assert reason.startswith("22 workers wait in the gateway"), reason
+
+    # The other cluster stops: its scheduler's place goes to a waiting worker at once, not
+    # at the next retry (held_retry_period is 600 s here).
+    as_user("bob", f"Gateway().stop_cluster({other!r}); report()", via=gw)
+    assert wait_until(
+        lambda: (pending_reason(as_user, gw, name) or "").startswith("21 workers wait"), 30
+    ), pending_reason(as_user, gw, name)
+    assert len(queued_tasks("bob")) == QOS_LIMIT, queued_tasks("bob")
