@@ -15,6 +15,9 @@ count are stopped. Two things differ:
   without the scheduler saying so (a scheduler of another dask-gateway, or one that lost
   track), so SLURM is asked about its job (``poll_plan``). The stock handler fails an
   assertion on such a worker: the whole heartbeat is refused, every heartbeat after it too.
+- **A worker held in the gateway is never taken as running** because a heartbeat lists it:
+  it has no job, so no dask worker of that name can be connected (the stock handler would
+  mark it running, and its job would never be submitted).
 """
 
 from __future__ import annotations
@@ -73,7 +76,8 @@ def read_heartbeat(
     for worker in workers:
         if worker.status >= JobStatus.STOPPED:
             continue
-        if worker.name in closing or worker.name in active:
+        listed = worker.name in closing or worker.name in active
+        if listed and not is_held(worker.state):
             if worker.status < JobStatus.RUNNING:
                 reading.newly_running.append(worker)
             if worker.name in closing:

@@ -132,6 +132,18 @@ async def test_scaling_down_drops_held_workers_then_queued_then_started_ones():
 
 
 @in_loop
+async def test_a_held_worker_a_heartbeat_lists_stays_held():
+    # A scheduler (the user's own code) may send any names: a held worker has no job, so
+    # nothing of that name can be connected; marked running, it would never be submitted.
+    data, cluster = running_cluster()
+    held = worker(data, cluster, JobStatus.SUBMITTED, held=True)
+    backend = FakeBackend(data, {})
+    await backend.on_cluster_heartbeat(cluster.name, heartbeat(2, active=[held]))
+    assert held.status == JobStatus.SUBMITTED and held.target == JobStatus.RUNNING
+    assert held.state == {"held": True}
+
+
+@in_loop
 async def test_what_the_stock_handler_did_is_done_still():
     data, cluster = running_cluster()
     new = worker(data, cluster, JobStatus.SUBMITTED, job_id="1")
