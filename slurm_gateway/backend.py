@@ -106,6 +106,7 @@ class SlurmBackend(
         )
         self.task_pool.spawn(sweep)
         self._releasing: set[str] = set()  # users whose held workers are being submitted
+        self._release_again: set[str] = set()  # ... and again after that, places freed since
         self._shared_retried: dict[str, float] = {}  # when, on others' job ends (by user)
         self.task_pool.spawn(
             self._every(self.held_retry_period, self.release_all_held, "submitting held workers")
@@ -136,6 +137,7 @@ class SlurmBackend(
             retry_timeout=self.slurm_retry_timeout,
             grace_period=self.cancel_grace_period,
             log=self.log,
+            cancelled=self.release_held_soon,
         )
         self.owners = JobOwners()
         self.orphans = OrphanSweep(
@@ -282,8 +284,6 @@ class SlurmBackend(
             await self.jobs.cancel(cluster.username, job_ids)
         finally:
             self._forget(job_ids)
-        if job_ids:  # their places under the user's SLURM limits are free now
-            self.release_held_soon(cluster.username)
         if log_file:
             last_line = reported_tail or await self.as_user.last_log_line(
                 cluster.username, log_file
@@ -327,7 +327,6 @@ class SlurmBackend(
             await self._cancellations.add(worker.cluster.username, job_id)
         finally:
             self._forget([job_id])
-        self.release_held_soon(worker.cluster.username)
 
     async def _record_lost_worker(self, worker: Worker, job_id: str) -> None:
         """A worker that left its scheduler unasked: kept as the cluster's worker failure

@@ -46,6 +46,7 @@ class JobControl:
         retry_timeout: float,
         grace_period: float,
         log: logging.Logger,
+        cancelled: Callable[[str], None] = lambda username: None,
     ):
         self.runner = runner
         self.tracker = tracker
@@ -55,6 +56,10 @@ class JobControl:
         self.retry_timeout = retry_timeout
         self.grace_period = grace_period
         self.log = log
+        #: Called with the user's name once jobs of hers are cancelled (their places under
+        #: her SLURM limits are free): at once for queued jobs, after the grace period for
+        #: running ones.
+        self.cancelled = cancelled
         #: Jobs sent SIGTERM and given their grace period before being cancelled.
         self.stopping: set[str] = set()
 
@@ -101,6 +106,8 @@ class JobControl:
                 self.spawn(self._cancel_after_grace(username, running))
                 job_ids = [j for j in job_ids if j not in running]
         await self._scancel(username, job_ids)
+        if job_ids:
+            self.cancelled(username)
 
     async def cancel_batch(self, username: str, job_ids: list[str]) -> list[None]:
         """:meth:`cancel` for a :class:`~slurm_gateway.batching.Coalescer` (one result each)."""
@@ -112,6 +119,7 @@ class JobControl:
         try:
             await asyncio.sleep(self.grace_period)
             await self._scancel(username, job_ids)
+            self.cancelled(username)
         finally:
             self.stopping.difference_update(job_ids)
 

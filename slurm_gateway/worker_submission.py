@@ -45,8 +45,8 @@ class WorkerSubmission:
     """The backend's worker submission. The backend provides ``_worker_submissions`` (a
     ``Coalescer`` of :meth:`_submit_workers`), ``_cancellations``, ``_job_script``,
     ``_submit``, ``_track``, ``_forget``, ``_record``, ``record_worker_failure``, ``db``,
-    ``queue``, ``task_pool``, ``log``, ``_releasing`` (a set) and ``_shared_retried`` (a
-    dict)."""
+    ``queue``, ``task_pool``, ``log``, ``_releasing`` and ``_release_again`` (sets) and
+    ``_shared_retried`` (a dict)."""
 
     async def do_start_worker(self, worker: Worker) -> AsyncIterator[dict]:
         # Workers started together (scale(n), adaptive growth) leave as one job array.
@@ -146,8 +146,12 @@ class WorkerSubmission:
         self._record(cluster, held_because=None)
 
     def release_held_soon(self, username: str) -> None:
-        """Submit the user's held workers in the background (their jobs ended, or a timer)."""
-        if username not in self._releasing:
+        """Submit the user's held workers in the background (their jobs ended or were
+        cancelled, or a timer). If a release of hers is under way, another follows it: the
+        places freed now may come after its last refused submission."""
+        if username in self._releasing:
+            self._release_again.add(username)
+        else:
             self._releasing.add(username)
             self.task_pool.spawn(self._release_held(username))
 
@@ -189,6 +193,9 @@ class WorkerSubmission:
             self.log.warning("Could not submit held workers of user %s", username, exc_info=True)
         finally:
             self._releasing.discard(username)
+            if username in self._release_again:
+                self._release_again.discard(username)
+                self.release_held_soon(username)
 
     async def _submit_held(self, cluster: Cluster, held: list) -> bool:
         """Submit a cluster's held workers; whether they all went out (or failed)."""

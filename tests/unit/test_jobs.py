@@ -44,7 +44,9 @@ class FakeTracker:
         return self.jobs.get(job_id)
 
 
-def _control(runner, tracker=None, spawned=None, retry_timeout=0.2, grace_period=0.01):
+def _control(
+    runner, tracker=None, spawned=None, retry_timeout=0.2, grace_period=0.01, cancelled=None
+):
     spawned = [] if spawned is None else spawned
     return JobControl(
         runner,
@@ -55,6 +57,7 @@ def _control(runner, tracker=None, spawned=None, retry_timeout=0.2, grace_period
         retry_timeout=retry_timeout,
         grace_period=grace_period,
         log=logging.getLogger("test"),
+        cancelled=cancelled or (lambda username: None),
     )
 
 
@@ -146,6 +149,25 @@ def test_running_jobs_get_sigterm_then_scancel_after_the_grace_period():
 
     asyncio.run(scenario())
     assert {user for _, user, _ in runner.calls} == {"alice"}
+
+
+def test_a_user_is_told_her_places_are_free_when_queued_jobs_are_cancelled_and_after_the_grace():
+    # Her held workers go out then: at once for queued jobs, after SIGTERM's grace period
+    # for running ones (they still count against her SLURM limits until they are gone).
+    runner = FakeRunner()
+    spawned, freed = [], []
+    tracker = FakeTracker(**{"1": "RUNNING", "2": "PENDING"})
+    control = _control(runner, tracker, spawned, cancelled=freed.append)
+
+    async def scenario():
+        await control.cancel("alice", ["1", "2"])
+        assert freed == ["alice"]
+        await control.cancel("alice", ["1"])  # running only: nothing freed yet
+        assert freed == ["alice"]
+        await spawned.pop()
+        assert freed == ["alice", "alice"]
+
+    asyncio.run(scenario())
 
 
 def test_no_running_jobs_no_sigterm():

@@ -99,6 +99,7 @@ class FakeSubmission(WorkerSubmission):
         self.suspected: list[str] = []
         self.spawned: list = []
         self._releasing: set[str] = set()
+        self._release_again: set[str] = set()
         self.log = logging.getLogger("test")
         self.task_pool = self
         self.next_id = 100
@@ -245,6 +246,26 @@ async def _held_meanwhile(tmp_path):
     backend._submit_worker_jobs = newer_held_meanwhile
     await backend._release_held("carol")
     assert held_workers(cluster) == [] and "job_id" in later[0].state
+
+
+def test_places_freed_while_a_release_runs_get_a_release_of_their_own(tmp_path):
+    asyncio.run(_freed_during_release(tmp_path))
+
+
+async def _freed_during_release(tmp_path):
+    # The release under way was refused (limit reached) after the places were freed by a
+    # cancellation that came while it ran: without another one they wait for the timer.
+    data = database(tmp_path)
+    cluster = data.create_cluster("carol", {}, {})
+    data.update_cluster(cluster, state={"log_directory": "/logs"})
+    backend = FakeSubmission(data, free=0)
+    await start(backend, cluster, 3)
+    backend.spawned.clear()
+    backend._releasing.add("carol")
+    backend.release_held_soon("carol")  # freed meanwhile: asked while one runs
+    assert backend.spawned == []
+    await backend._release_held("carol")  # the one under way ends (refused)
+    assert len(backend.spawned) == 1 and "carol" in backend._releasing
 
 
 def test_held_workers_slurm_then_refuses_for_another_reason_fail_with_it(tmp_path):
