@@ -5,9 +5,9 @@ to the open batch of its cluster, and a batch is submitted as one job array once
 start has come for ``window`` seconds (or ``max_wait`` after it opened, or at once when
 full). Cancellations of one user are gathered the same way into one ``scancel``.
 
-The gateway does its work for hundreds of workers :data:`WORKERS_PER_PASS` at a time, one
-pass of the event loop each: workers created (``worker_writes``), callers of a batch
-resumed (here). A request needs a few passes to be answered (read, handled, written), so
+The gateway does its work for hundreds of workers :data:`WORKERS_PER_PASS` at a time (per
+cluster), one pass of the event loop each: workers created (``worker_writes``), callers of
+a batch resumed (here). A request needs a few passes to be answered (read, handled, written), so
 the length of one pass is what it waits, several times over: 100 workers a pass made one
 pass about 30 ms on the dev cluster and a ``list_clusters`` during ``scale(500)`` up to
 120 ms. Since the workers now come a few at a time, the window waits for a quiet gap rather
@@ -37,6 +37,7 @@ class _Batch:
     opened: float
     last_added: float
     entries: list[tuple[Any, asyncio.Future]] = field(default_factory=list)
+    timer: asyncio.TimerHandle | None = None
 
 
 def flush_due(opened: float, last_added: float, window: float, max_wait: float) -> float:
@@ -78,9 +79,8 @@ class Coalescer:
         batch = self._open.get(key)
         if batch is None:
             batch = self._open[key] = _Batch(opened=now, last_added=now)
-            loop.call_at(
-                flush_due(batch.opened, now, self.window, self.max_wait), self._due, key, batch
-            )
+            due = flush_due(batch.opened, now, self.window, self.max_wait)
+            batch.timer = loop.call_at(due, self._due, key, batch)
         batch.last_added = now
         batch.entries.append((item, future))
         if len(batch.entries) >= self.max_batch:
@@ -93,12 +93,14 @@ class Coalescer:
         loop = asyncio.get_running_loop()
         due = flush_due(batch.opened, batch.last_added, self.window, self.max_wait)
         if due > loop.time():
-            loop.call_at(due, self._due, key, batch)  # it grew since: wait for a quiet gap
+            batch.timer = loop.call_at(due, self._due, key, batch)  # grew since: wait more
         else:
             self._start_flush(key, batch)
 
     def _start_flush(self, key: Hashable, batch: _Batch) -> None:
         del self._open[key]
+        if batch.timer is not None:
+            batch.timer.cancel()
         task = asyncio.ensure_future(self._run(key, batch.entries))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)

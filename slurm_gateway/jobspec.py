@@ -58,18 +58,26 @@ def worker_seconds(
     return max(MIN_WORKER_SECONDS, min(wanted, cluster_left))
 
 
-def worker_lifetimes(seconds: float, margin: float, count: int) -> list[str]:
-    """dask's ``--lifetime`` of each of ``count`` workers submitted together (one job array):
-    they leave between one and two ``margin`` (at most a quarter of the walltime each)
-    before the walltime, so that the work moves on to other workers, one after the other,
-    ``margin / count`` apart.
+#: The golden ratio's fractional part: the fractions of n·GOLDEN for any run of consecutive
+#: n are spread evenly over [0, 1) (the three-gap theorem), however long the run.
+GOLDEN = (5**0.5 - 1) / 2
 
-    Evenly spread, not left to dask's random ``--lifetime-stagger``: with that, two workers
-    of one array could leave seconds apart, and the second found no worker to take the
-    results the first handed it (dask recomputed them). The latest leaver still has
-    ``margin`` seconds before SLURM's walltime ends its job."""
+
+def worker_lifetimes(seconds: float, margin: float, numbers: Sequence[int]) -> list[str]:
+    """dask's ``--lifetime`` of each worker of a job or job array (``numbers``: the
+    workers' numbers in the gateway, consecutive for workers created together): each leaves
+    between one and two ``margin`` (at most a quarter of the walltime each) before the
+    walltime, so that the work moves on to other workers, and they leave one after the
+    other: worker ``n`` at ``margin * frac(n * GOLDEN)`` into that span. Any run of
+    consecutive workers is spread evenly over it, whether they went out as one array or as
+    single jobs one after another.
+
+    Not dask's random ``--lifetime-stagger``: with that, two workers could leave seconds
+    apart, and the second found no worker to take the results the first handed it (dask
+    recomputed them). The latest leaver still has ``margin`` seconds before SLURM's
+    walltime ends its job."""
     margin = min(margin, seconds / 4)
-    return [f"{seconds - margin - margin * (task + 0.5) / count:.0f}s" for task in range(count)]
+    return [f"{seconds - margin - margin * (n * GOLDEN % 1):.1f}s" for n in numbers]
 
 
 def worker_command(
@@ -242,9 +250,20 @@ class JobScripts:
             listen_host=self.listen_host,
         )
         walltime = format_walltime(seconds)
-        lifetimes = worker_lifetimes(seconds, self.walltime_margin, len(workers))
-        return self._render(
+        lifetimes = worker_lifetimes(seconds, self.walltime_margin, [w.id for w in workers])
+        script = self._render(
             cluster, "worker", log_directory, command, walltime, environment, workers, lifetimes
+        )
+        if "--lifetime" in script:
+            return script
+        # An admin's template that does not pass worker_lifetimes: every worker gets the
+        # middle of the span in its command, with dask's random stagger, rather than none
+        # (a worker without a lifetime is killed at the walltime with its data).
+        margin = min(self.walltime_margin, seconds / 4)
+        command += ["--lifetime", f"{seconds - 1.5 * margin:.0f}s"]
+        command += ["--lifetime-stagger", f"{margin / 2:.0f}s"]
+        return self._render(
+            cluster, "worker", log_directory, command, walltime, environment, workers
         )
 
     def _render(

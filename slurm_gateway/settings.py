@@ -303,7 +303,7 @@ class SlurmBackendSettings(DBBackendBase):
         min=0,
         help="""Worker submissions (or cancellations) that come less than this many seconds
         apart are sent as one sbatch (or scancel) call: it leaves once none has come for
-        this long, and at the latest 0.5 s after the first.""",
+        this long, and at the latest 0.5 s (or this long, if longer) after the first.""",
         config=True,
     )
 

@@ -254,8 +254,8 @@ def test_walltime_aware_workers_and_cluster_end(as_user, make_gateway):
             time.sleep(1)
             return i
 
-        # ~100 s on 2 workers: longer than the first workers' lifetimes (68 and 82 s:
-        # one array, spread 15 s apart), well inside the cluster's 4 min. A worker leaving
+        # ~100 s on 2 workers: longer than the first workers' lifetimes (60-90 s, at
+        # least 11 s apart), well inside the cluster's 4 min. A worker leaving
         # at its lifetime hands its results to the other one; each result is also taken
         # and released as it comes, so that a turnover has little to move.
         from distributed import as_completed
