@@ -17,6 +17,7 @@ import os
 import pwd
 import shutil
 import signal
+import stat
 import subprocess
 import tempfile
 import textwrap
@@ -46,14 +47,17 @@ __all__ = [
     "SIMPLE_AUTH",
     "SSH_LOGIN_NODE",
     "START_TIMEOUT",
+    "TRANSPORTS",
     "USERS",
     "Gateway",
     "assert_refused",
     "assert_still_running",
     "depot",
+    "gateway_through",
     "jobs_of",
     "munge_credential",
     "run",
+    "ssh_gateway",
     "slurm_now",
     "start_slurm_daemons",
     "stop_slurm_daemon",
@@ -283,6 +287,27 @@ def make_gateway(gateway):
     yield _make
     for gw in started:
         gw.close()
+
+
+# Parametrizes a test with ``transport``: "sudo", the suite's transport (local sudo unless
+# SLURM_GATEWAY_TEST_TRANSPORT says otherwise), and "ssh", SSH only (ssh_gateway).
+TRANSPORTS = pytest.mark.parametrize("transport", ["sudo", "ssh"])
+
+
+def ssh_gateway(make_gateway, extra_config: str = "", **kwargs) -> Gateway:
+    """A new gateway (make_gateway) reaching SLURM through SSH only: it cannot run sbatch
+    itself (SLURM's commands are /dev/null in its mount namespace)."""
+    gw = make_gateway(extra_config, transport="ssh", **kwargs)
+    sbatch_there = os.stat(f"/proc/{gw.proc.pid}/root/usr/bin/sbatch")
+    assert stat.S_ISCHR(sbatch_there.st_mode), "the gateway could run sbatch itself"
+    return gw
+
+
+def gateway_through(transport: str, make_gateway, extra_config: str = "", **kwargs) -> Gateway:
+    """A new gateway (make_gateway) for a test parametrized with TRANSPORTS."""
+    if transport == "ssh":
+        return ssh_gateway(make_gateway, extra_config, **kwargs)
+    return make_gateway(extra_config, **kwargs)
 
 
 @pytest.fixture(autouse=True)

@@ -1,10 +1,21 @@
-"""Failures reach the user with SLURM's facts, and leave nothing behind."""
+"""Failures reach the user with SLURM's facts, and leave nothing behind (the ones marked
+TRANSPORTS also through SSH: the facts come back from the login node)."""
 
 import subprocess
 import time
 
 import pytest
-from conftest import START_TIMEOUT, run, slurm_now, submitted_since, user_jobs, wait_until
+from conftest import (
+    START_TIMEOUT,
+    TRANSPORTS,
+    gateway_through,
+    run,
+    slurm_now,
+    ssh_gateway,
+    submitted_since,
+    user_jobs,
+    wait_until,
+)
 
 
 @pytest.fixture
@@ -36,7 +47,11 @@ def test_scheduler_that_cannot_start_fails_at_the_timeout_with_slurms_reason(
     assert user_jobs("alice") == []
 
 
-def test_workers_slurm_refuses_fail_the_cluster_with_sbatchs_message(as_user):
+@TRANSPORTS
+def test_workers_slurm_refuses_fail_the_cluster_with_sbatchs_message(
+    as_user, gateway, make_gateway, transport
+):
+    gw = ssh_gateway(make_gateway) if transport == "ssh" else gateway
     result = as_user(
         "alice",
         """
@@ -50,6 +65,7 @@ def test_workers_slurm_refuses_fail_the_cluster_with_sbatchs_message(as_user):
             error = error_of(gateway.connect, cluster.name)
         report(error=error)
         """,
+        via=gw,
     )
     error = result["error"]
     assert error and error.startswith("GatewayClusterError"), error
@@ -112,10 +128,15 @@ def test_impossible_scheduler_request_fails_at_once_with_slurms_message(as_user,
     assert result["seconds"] < 15
 
 
-def test_scheduler_exiting_non_zero_reports_exit_code_and_last_log_line(as_user, make_gateway):
-    gw = make_gateway(
+@TRANSPORTS
+def test_scheduler_exiting_non_zero_reports_exit_code_and_last_log_line(
+    as_user, make_gateway, transport
+):
+    gw = gateway_through(
+        transport,
+        make_gateway,
         "c.SlurmClusterConfig.scheduler_cmd = ['python', '-c', "
-        "'import sys; print(\"scheduler broke: bad site config\"); sys.exit(3)']\n"
+        "'import sys; print(\"scheduler broke: bad site config\"); sys.exit(3)']\n",
     )
     result = as_user("alice", NEW_CLUSTER, via=gw)
     error = result["error"]

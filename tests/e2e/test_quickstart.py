@@ -1,16 +1,19 @@
-"""The Purdue guide, step by step, as alice with the stock client and Gateway()."""
+"""The Purdue guide, step by step, as alice with the stock client and Gateway(): on the login
+node (the suite's gateway) and with the gateway off it, through SSH."""
 
 import glob
 import pwd
 import subprocess
 
-from conftest import user_jobs, wait_until
+from conftest import TRANSPORTS, ssh_gateway, user_jobs, wait_until
 
 MARKER = "/tmp/slurm-gateway-test-injected"
 CREDENTIALS = "/tmp/dask-gateway.*"  # each job's private TLS directory on its node
 
 
-def test_purdue_quickstart(as_user, alice_env):
+@TRANSPORTS
+def test_purdue_quickstart(as_user, alice_env, gateway, make_gateway, transport):
+    via = ssh_gateway(make_gateway) if transport == "ssh" else gateway
     subprocess.run(["rm", "-f", MARKER])
     credentials_before = set(glob.glob(CREDENTIALS))
     result = as_user(
@@ -60,6 +63,7 @@ def test_purdue_quickstart(as_user, alice_env):
                listed=listed, connected_workers=connected_workers)
         """,
         env={"SOME_NOTEBOOK_VAR": "1"},
+        via=via,
     )
     alice = pwd.getpwnam("alice")
     assert result["options"] == ["conda_env", "env", "worker_cores", "worker_memory"]

@@ -1,4 +1,5 @@
-"""A gateway restart (SIGTERM for an upgrade, SIGKILL for a crash) loses nothing (issue 5).
+"""A gateway restart (SIGTERM for an upgrade, SIGKILL for a crash) loses nothing (issue 5),
+with its state in SQLite or PostgreSQL, on the login node or off it through SSH (issue 12).
 
 The gateway runs as a site should run it: its proxy as a service of its own, so that the
 users' connections to their schedulers go on while the gateway is down.
@@ -12,20 +13,21 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import jobs_of, run, user_jobs, wait_until
+from conftest import gateway_through, jobs_of, run, user_jobs, wait_until
 
 
 @pytest.mark.parametrize(
-    ("sig", "db"),
+    ("sig", "db", "transport"),
     [
-        pytest.param(signal.SIGTERM, "sqlite", id="SIGTERM"),
-        pytest.param(signal.SIGKILL, "sqlite", id="SIGKILL"),
-        # A crash with the state in PostgreSQL (issue 12).
-        pytest.param(signal.SIGKILL, "postgres", id="SIGKILL-postgres"),
+        pytest.param(signal.SIGTERM, "sqlite", "sudo", id="SIGTERM"),
+        pytest.param(signal.SIGKILL, "sqlite", "sudo", id="SIGKILL"),
+        # A crash with the state in PostgreSQL, and one off the login node (issue 12).
+        pytest.param(signal.SIGKILL, "postgres", "sudo", id="SIGKILL-postgres"),
+        pytest.param(signal.SIGKILL, "sqlite", "ssh", id="SIGKILL-ssh"),
     ],
 )
-def test_computation_goes_on_through_a_gateway_restart(as_user, make_gateway, sig, db):
-    gw = make_gateway("", external_proxy=True, db=db)
+def test_computation_goes_on_through_a_gateway_restart(as_user, make_gateway, sig, db, transport):
+    gw = gateway_through(transport, make_gateway, external_proxy=True, db=db)
     flags = Path(tempfile.mkdtemp(prefix="slurm-gateway-flags-"))
     os.chmod(flags, 0o777)
     client_code = """
@@ -80,9 +82,18 @@ def test_computation_goes_on_through_a_gateway_restart(as_user, make_gateway, si
     assert f"Cluster {(flags / 'computing').read_text()} failed" not in gw.log.read_text()
 
 
-@pytest.mark.parametrize("db", ["sqlite", "postgres"])
-def test_jobs_that_ended_while_the_gateway_was_down_are_reconciled(as_user, make_gateway, db):
-    gw = make_gateway("", db=db)
+@pytest.mark.parametrize(
+    ("db", "transport"),
+    [
+        pytest.param("sqlite", "sudo", id="sqlite"),
+        pytest.param("postgres", "sudo", id="postgres"),
+        pytest.param("sqlite", "ssh", id="ssh"),
+    ],
+)
+def test_jobs_that_ended_while_the_gateway_was_down_are_reconciled(
+    as_user, make_gateway, db, transport
+):
+    gw = gateway_through(transport, make_gateway, db=db)
     made = as_user(
         "alice",
         "report(doomed=running_cluster(1), healed=running_cluster(2))",

@@ -2,7 +2,7 @@
 
 import re
 
-from conftest import run, wait_until
+from conftest import TRANSPORTS, run, ssh_gateway, wait_until
 
 
 def _alice_worker_tasks() -> dict[str, str]:
@@ -12,7 +12,11 @@ def _alice_worker_tasks() -> dict[str, str]:
     return dict(line.split() for line in out.stdout.splitlines())
 
 
-def test_scale_24_as_one_array_then_down_to_4_cancels_exactly_20_tasks(as_user, gateway):
+@TRANSPORTS
+def test_scale_24_as_one_array_then_down_to_4_cancels_exactly_20_tasks(
+    as_user, gateway, make_gateway, transport
+):
+    gw = ssh_gateway(make_gateway) if transport == "ssh" else gateway
     made = as_user(
         "alice",
         """
@@ -25,13 +29,14 @@ def test_scale_24_as_one_array_then_down_to_4_cancels_exactly_20_tasks(as_user, 
         report(name=cluster.name, workers=len(names), total=total)
         """,
         timeout=400,
+        via=gw,
     )
     assert made["workers"] == 24 and made["total"] == sum(range(1, 241))
     tasks = _alice_worker_tasks()
     arrays = {task.split("_")[0] for task in tasks}
     assert len(tasks) == 24 and len(arrays) == 1, tasks  # one sbatch for all 24
 
-    log_lines_before = len(gateway.log.read_text().splitlines())
+    log_lines_before = len(gw.log.read_text().splitlines())
     after = as_user(
         "alice",
         f"""
@@ -44,13 +49,14 @@ def test_scale_24_as_one_array_then_down_to_4_cancels_exactly_20_tasks(as_user, 
         total = sum(client.gather(client.map(lambda x: x * 2, range(100))))
         report(workers=len(client.scheduler_info()["workers"]), total=total)
         """,
+        via=gw,
     )
     assert after == {"workers": 4, "total": sum(range(0, 200, 2))}
     assert wait_until(lambda: len(_alice_worker_tasks()) == 4, 60), _alice_worker_tasks()
     remaining = set(_alice_worker_tasks())
 
     def cancelled_tasks() -> set[str]:
-        new_log = "\n".join(gateway.log.read_text().splitlines()[log_lines_before:])
+        new_log = "\n".join(gw.log.read_text().splitlines()[log_lines_before:])
         return {
             task
             for line in re.findall(r"Cancelled jobs of user alice: (.*)", new_log)
@@ -62,4 +68,4 @@ def test_scale_24_as_one_array_then_down_to_4_cancels_exactly_20_tasks(as_user, 
     cancelled = wait_until(lambda: len(cancelled_tasks()) >= 20 and cancelled_tasks(), 40)
     assert len(cancelled) == 20 and not cancelled & remaining, (cancelled, remaining)
     assert cancelled | remaining == set(tasks)
-    as_user("alice", f"Gateway().stop_cluster({made['name']!r}); report()")
+    as_user("alice", f"Gateway().stop_cluster({made['name']!r}); report()", via=gw)

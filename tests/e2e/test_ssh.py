@@ -3,9 +3,10 @@ loopback (scripts/sshd.sh: its own host key, key login only, AllowUsers slurmgw)
 
 The gateways here cannot run SLURM's commands themselves (/usr/bin/sbatch, squeue, sacct,
 scancel and scontrol are /dev/null in their mount namespace): every job they submit, watch
-or cancel went through sshd, whose log counts the sessions. The same scenarios through
-local sudo are test_quickstart, test_failures, test_restart and test_resilience; the whole
-suite runs through SSH with SLURM_GATEWAY_TEST_TRANSPORT=ssh.
+or cancel went through sshd, whose log counts the sessions. This module tests what only SSH
+has (one connection, host keys, keepalive, sshd gone for 60 s, sshd.sh, check on the login
+node); the quickstart, failure, restart and scale tests run through SSH as well (their "ssh"
+parameter), and the whole suite does with SLURM_GATEWAY_TEST_TRANSPORT=ssh.
 """
 
 import asyncio
@@ -19,7 +20,16 @@ from pathlib import Path
 
 import asyncssh
 import pytest
-from conftest import GATEWAY, REPO, SSH_DIR, SSH_LOGIN_NODE, run, user_jobs, wait_until
+from conftest import (
+    GATEWAY,
+    REPO,
+    SSH_DIR,
+    SSH_LOGIN_NODE,
+    run,
+    ssh_gateway,
+    user_jobs,
+    wait_until,
+)
 
 from slurm_gateway.slurm import slurm_unreachable
 from slurm_gateway.ssh_transport import SSHSudoRunner
@@ -40,13 +50,6 @@ def login_node():
 
 def sshd_log_since(offset: int) -> str:
     return SSHD_LOG.read_text(errors="replace")[offset:]
-
-
-def ssh_gateway(make_gateway, extra_config: str = "", **kwargs):
-    gw = make_gateway(extra_config, transport="ssh", **kwargs)
-    sbatch_there = os.stat(f"/proc/{gw.proc.pid}/root/usr/bin/sbatch")
-    assert stat.S_ISCHR(sbatch_there.st_mode), "the gateway could run sbatch itself"
-    return gw
 
 
 def _runner(**options) -> SSHSudoRunner:
@@ -165,23 +168,13 @@ def test_a_cluster_lives_its_life_through_ssh_on_one_connection(as_user, make_ga
         while len(client.scheduler_info()["workers"]) > 1 and time.monotonic() < deadline:
             time.sleep(0.5)
         workers_after = len(client.scheduler_info()["workers"])
-        # A request SLURM refuses: sbatch's message, read over SSH, reaches the user.
-        refused = gateway.new_cluster(worker_memory=60)
-        refused.scale(1)
-        error = None
-        deadline = time.monotonic() + 90
-        while error is None and time.monotonic() < deadline:
-            time.sleep(1)
-            error = error_of(gateway.connect, refused.name)
         cluster.shutdown()
-        report(total=total, workers_after=workers_after, error=error)
+        report(total=total, workers_after=workers_after)
         """,
         via=gw,
         timeout=300,
     )
-    assert result["total"] == sum(range(1, 31))
-    assert result["workers_after"] == 1
-    assert "Requested node configuration is not available" in (result["error"] or ""), result
+    assert result == {"total": sum(range(1, 31)), "workers_after": 1}
     assert wait_until(lambda: not user_jobs("alice"), 30), user_jobs("alice")
     log = sshd_log_since(log_offset)
     # One connection for everything: submissions, polls, the helper, cancellations. Its
@@ -192,30 +185,6 @@ def test_a_cluster_lives_its_life_through_ssh_on_one_connection(as_user, make_ga
     logins = re.findall(r"Accepted publickey for slurmgw from \S+ port (\d+)", SSHD_LOG.read_text())
     assert logins.count(ports.pop()) == 1, log[-3000:]
     assert log.count("Starting session: command for slurmgw") >= 10
-
-
-def test_a_cluster_survives_a_gateway_crash_through_ssh(as_user, make_gateway):
-    gw = ssh_gateway(make_gateway, external_proxy=True)
-    made = as_user("alice", "report(name=running_cluster(1))", via=gw)
-    jobs_before = sorted(user_jobs("alice"))
-    gw.stop(sig=signal.SIGKILL)
-    gw.start()
-    after = as_user(
-        "alice",
-        f"""
-        cluster = Gateway().connect({made["name"]!r})
-        client = cluster.get_client()
-        cluster.scale(2)
-        client.wait_for_workers(2, timeout=120)
-        total = sum(client.gather(client.map(lambda x: x * 2, range(20))))
-        cluster.shutdown()
-        report(total=total)
-        """,
-        via=gw,
-    )
-    assert len(jobs_before) == 2, jobs_before  # scheduler and one worker, adopted again
-    assert after == {"total": sum(range(0, 40, 2))}
-    assert f"Cluster {made['name']} failed" not in gw.log.read_text()
 
 
 def test_sshd_away_for_60_s_fails_no_cluster_and_commands_resume(as_user, make_gateway):
