@@ -95,6 +95,9 @@ class SlurmBackend(
         self.start_policy = self.make_start_policy()
         self.admissions = Admissions(self.max_concurrent_starts_per_user, self.env_check_max_age)
         self.health = HealthMonitor.of(self)
+        self._releasing: set[str] = set()  # users whose held workers are being submitted
+        self._release_again: set[str] = set()  # ... and again after that, places freed since
+        self._shared_retried: dict[str, float] = {}  # when, on others' job ends (by user)
         self._make_job_parts()
         self.task_pool.spawn(self.health.run_forever())
         await self.start_metrics()
@@ -105,9 +108,6 @@ class SlurmBackend(
             period, self._sweep_orphans, "sweeping orphan jobs", first_at_start=True
         )
         self.task_pool.spawn(sweep)
-        self._releasing: set[str] = set()  # users whose held workers are being submitted
-        self._release_again: set[str] = set()  # ... and again after that, places freed since
-        self._shared_retried: dict[str, float] = {}  # when, on others' job ends (by user)
         self.task_pool.spawn(
             self._every(self.held_retry_period, self.release_all_held, "submitting held workers")
         )

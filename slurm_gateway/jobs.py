@@ -105,9 +105,8 @@ class JobControl:
                 self.stopping.update(running)
                 self.spawn(self._cancel_after_grace(username, running))
                 job_ids = [j for j in job_ids if j not in running]
-        await self._scancel(username, job_ids)
-        if job_ids:
-            self.cancelled(username)
+        if await self._scancel(username, job_ids):
+            self._tell_cancelled(username)
 
     async def cancel_batch(self, username: str, job_ids: list[str]) -> list[None]:
         """:meth:`cancel` for a :class:`~slurm_gateway.batching.Coalescer` (one result each)."""
@@ -118,14 +117,22 @@ class JobControl:
         # Jobs that already ended make scancel complain, which _scancel ignores.
         try:
             await asyncio.sleep(self.grace_period)
-            await self._scancel(username, job_ids)
-            self.cancelled(username)
+            if await self._scancel(username, job_ids):
+                self._tell_cancelled(username)
         finally:
             self.stopping.difference_update(job_ids)
 
-    async def _scancel(self, username: str, job_ids: list[str]) -> None:
+    def _tell_cancelled(self, username: str) -> None:
+        try:
+            self.cancelled(username)
+        except Exception:  # the jobs are cancelled: that must not read as a failure
+            self.log.warning("After cancelling jobs of user %s", username, exc_info=True)
+
+    async def _scancel(self, username: str, job_ids: list[str]) -> bool:
+        """Cancel jobs; whether SLURM has them cancelled now (not while slurmctld is away:
+        then cancelling goes on in the background, and tells :attr:`cancelled` when done)."""
         if not job_ids:
-            return
+            return False
         result = await self.runner.run(scancel_command(job_ids, self.scancel), user=username)
         if result.ok:
             self.log.info("Cancelled jobs of user %s: %s", username, " ".join(job_ids))
@@ -133,9 +140,11 @@ class JobControl:
             # Never forget a job to cancel because slurmctld is away: retry until it answers.
             self.log.warning("SLURM unavailable, will retry cancelling %s", " ".join(job_ids))
             self.spawn(self._cancel_when_slurm_answers(username, job_ids))
+            return False
         # scancel exits non-zero for jobs that already ended; that is what we wanted.
         elif "already" not in result.stderr and "Invalid job id" not in result.stderr:
             raise SlurmError(f"could not cancel jobs {', '.join(job_ids)}: {result.summary()}")
+        return True
 
     async def _cancel_when_slurm_answers(self, username: str, job_ids: list[str]) -> None:
         delay, longest = CANCEL_RETRY_DELAYS
@@ -144,5 +153,6 @@ class JobControl:
             result = await self.runner.run(scancel_command(job_ids, self.scancel), user=username)
             if not slurm_unreachable(result.stderr):
                 self.log.info("Cancelled jobs of user %s: %s", username, " ".join(job_ids))
+                self._tell_cancelled(username)
                 return
             delay = min(delay * 2, longest)

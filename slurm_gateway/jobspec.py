@@ -192,11 +192,28 @@ def template_context(
         "tls_key": tls[1],
         "command": command,
         "worker_names": list(worker_names),
-        "worker_lifetimes": list(worker_lifetimes),
+        # The caller's list itself, if it is one: JobScripts sees whether the template read it.
+        "worker_lifetimes": (
+            worker_lifetimes if isinstance(worker_lifetimes, list) else list(worker_lifetimes)
+        ),
         "user_log_directory": user_log_directory(config["log_directory"], username),
         "log_retention_days": config["log_retention_days"],
         "scheduler_preload": SCHEDULER_PRELOAD_SOURCE if role == "scheduler" else "",
     }
+
+
+class ReadOrNot(list):
+    """A list that knows whether it was read (iterated or indexed), e.g. by a template."""
+
+    read = False
+
+    def __iter__(self):
+        self.read = True
+        return super().__iter__()
+
+    def __getitem__(self, index):
+        self.read = True
+        return super().__getitem__(index)
 
 
 @dataclass(frozen=True)
@@ -250,11 +267,13 @@ class JobScripts:
             listen_host=self.listen_host,
         )
         walltime = format_walltime(seconds)
-        lifetimes = worker_lifetimes(seconds, self.walltime_margin, [w.id for w in workers])
+        lifetimes = ReadOrNot(
+            worker_lifetimes(seconds, self.walltime_margin, [w.id for w in workers])
+        )
         script = self._render(
             cluster, "worker", log_directory, command, walltime, environment, workers, lifetimes
         )
-        if "--lifetime" in script:
+        if lifetimes.read:
             return script
         # An admin's template that does not pass worker_lifetimes: every worker gets the
         # middle of the span in its command, with dask's random stagger, rather than none

@@ -231,6 +231,7 @@ class SlurmBackendSettings(DBBackendBase):
 
     worker_walltime_margin = Float(
         300,
+        min=0,
         help="""Workers leave gracefully between this many and twice this many seconds
         (at most a quarter of their walltime each) before their job's walltime, spread
         evenly over that span so that they leave one after the other and their data moves

@@ -29,6 +29,9 @@ _ARRAY_TOO_BIG = "Invalid job array specification"
 MAX_REASON_CHARS = 300
 #: Seconds between retries of a user's workers held by a shared limit, on others' job ends.
 SHARED_RETRY_GAP = 5.0
+#: Seconds before a user's held workers are tried again when places were freed while they
+#: were being tried (their jobs cancelled meanwhile).
+RELEASE_AGAIN_GAP = 1.0
 
 
 class Refusal(enum.Enum):

@@ -14,6 +14,7 @@ then refuses for another reason fail with it, as any worker whose submission fai
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import AsyncIterator
 
@@ -21,6 +22,7 @@ from dask_gateway_server.backends.db_base import Cluster, JobStatus, Worker
 
 from .jobs import SlurmError
 from .submit_limits import (
+    RELEASE_AGAIN_GAP,
     SHARED_RETRY_GAP,
     Refusal,
     SubmitPlan,
@@ -178,24 +180,32 @@ class WorkerSubmission:
                 self.release_held_soon(user)
 
     async def _release_held(self, username: str) -> None:
-        # Until none are left: workers held while this ran (behind the ones it submits)
-        # would otherwise wait for the next trigger.
+        # Again if places were freed while it ran (they may have come after its last refused
+        # submission), at most once a RELEASE_AGAIN_GAP: a user who scales up and down
+        # without end costs one release a gap, not one after the other.
         try:
-            while held := [
-                (c, workers)
-                for c in self.db.active_clusters()
-                if c.username == username and (workers := held_workers(c))
-            ]:
-                for cluster, workers in held:
-                    if not await self._submit_held(cluster, workers):
-                        return  # the user's limit is reached again
+            await self._submit_all_held(username)
+            while username in self._release_again:
+                self._release_again.discard(username)
+                await asyncio.sleep(RELEASE_AGAIN_GAP)
+                await self._submit_all_held(username)
         except Exception:
             self.log.warning("Could not submit held workers of user %s", username, exc_info=True)
         finally:
             self._releasing.discard(username)
-            if username in self._release_again:
-                self._release_again.discard(username)
-                self.release_held_soon(username)
+            self._release_again.discard(username)
+
+    async def _submit_all_held(self, username: str) -> None:
+        # Until none are left: workers held while this ran (behind the ones it submits)
+        # would otherwise wait for the next trigger.
+        while held := [
+            (c, workers)
+            for c in self.db.active_clusters()
+            if c.username == username and (workers := held_workers(c))
+        ]:
+            for cluster, workers in held:
+                if not await self._submit_held(cluster, workers):
+                    return  # the user's limit is reached again
 
     async def _submit_held(self, cluster: Cluster, held: list) -> bool:
         """Submit a cluster's held workers; whether they all went out (or failed)."""

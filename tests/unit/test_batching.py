@@ -42,15 +42,15 @@ def test_items_that_keep_coming_a_few_at_a_time_make_one_call_not_many():
         return items
 
     async def main():
-        coalescer = Coalescer(flush, window=0.2, max_wait=5)
+        coalescer = Coalescer(flush, window=0.1, max_wait=5)
         added = []
-        for group in range(10):
+        for group in range(20):  # over 0.4 s: four windows, a group every fifth of one
             added += [asyncio.ensure_future(coalescer.add("k", (group, i))) for i in range(5)]
-            await asyncio.sleep(0.01)
+            await asyncio.sleep(0.02)
         return await asyncio.gather(*added)
 
-    assert len(asyncio.run(main())) == 50
-    assert sizes == [50]
+    assert len(asyncio.run(main())) == 100
+    assert sizes == [100]
 
 
 def test_items_that_never_stop_coming_leave_at_the_longest_wait():

@@ -160,14 +160,40 @@ def test_a_user_is_told_her_places_are_free_when_queued_jobs_are_cancelled_and_a
     control = _control(runner, tracker, spawned, cancelled=freed.append)
 
     async def scenario():
-        await control.cancel("alice", ["1", "2"])
+        await control.cancel("alice", ["2"])
         assert freed == ["alice"]
-        await control.cancel("alice", ["1"])  # running only: nothing freed yet
-        assert freed == ["alice"]
+        await control.cancel("alice", ["1"])  # running: nothing freed yet
+        assert freed == ["alice"] and len(spawned) == 1
         await spawned.pop()
         assert freed == ["alice", "alice"]
 
     asyncio.run(scenario())
+
+
+def test_nobody_is_told_of_places_freed_before_slurm_has_cancelled_the_jobs():
+    # slurmctld away: the cancellation goes on in the background, and the user's held
+    # workers would only meet an absent slurmctld (and fail) if they were tried now.
+    unreachable = (1, "", "scancel: error: Socket timed out on send/recv operation")
+    runner = FakeRunner(unreachable, unreachable, (0, "", ""))
+    spawned, freed = [], []
+    control = _control(runner, spawned=spawned, cancelled=freed.append)
+
+    async def scenario():
+        await control.cancel("alice", ["9"])
+        assert freed == [] and len(spawned) == 1
+        await asyncio.wait_for(spawned.pop(), 5)
+        assert freed == ["alice"]  # once SLURM has them cancelled
+
+    asyncio.run(scenario())
+
+
+def test_a_failing_listener_does_not_make_a_done_cancellation_fail():
+    def broken(username):
+        raise RuntimeError("listener broke")
+
+    runner = FakeRunner()
+    asyncio.run(_control(runner, cancelled=broken).cancel("alice", ["3"]))
+    assert runner.argvs() == [["scancel", "--", "3"]]
 
 
 def test_no_running_jobs_no_sigterm():

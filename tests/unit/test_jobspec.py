@@ -259,6 +259,11 @@ def test_a_worker_template_without_worker_lifetimes_gets_a_staggered_lifetime(tm
     script = scripts.workers(_cluster(), "/logs/alice/c1", workers, ("1", "1 GiB"), {}, NOW)
     assert "--lifetime 1350s --lifetime-stagger 150s" in script  # 30 min left
     _bash_syntax_ok(script)
+    # Whatever the script holds otherwise: a user's value that reads "--lifetime" too.
+    cluster = _cluster()
+    cluster.config["environment"]["X"] = "--lifetime"
+    script = scripts.workers(cluster, "/logs/alice/c1", workers, ("1", "1 GiB"), {}, NOW)
+    assert "--lifetime 1350s --lifetime-stagger 150s" in script
 
 
 def test_user_variable_never_overrides_a_gateway_one():

@@ -10,7 +10,7 @@ import dask_gateway_server
 from cryptography.fernet import Fernet
 from dask_gateway_server.backends.db_base import DataManager, JobStatus
 
-from slurm_gateway import cluster_reports
+from slurm_gateway import cluster_reports, worker_submission
 from slurm_gateway.backend import SlurmBackend
 from slurm_gateway.cluster_reports import PendingReasonReports, report_problems, with_pending_reason
 from slurm_gateway.jobs import SlurmError
@@ -248,24 +248,32 @@ async def _held_meanwhile(tmp_path):
     assert held_workers(cluster) == [] and "job_id" in later[0].state
 
 
-def test_places_freed_while_a_release_runs_get_a_release_of_their_own(tmp_path):
+def test_places_freed_while_a_release_runs_get_a_release_of_their_own(tmp_path, monkeypatch):
+    monkeypatch.setattr(worker_submission, "RELEASE_AGAIN_GAP", 0.0)
     asyncio.run(_freed_during_release(tmp_path))
 
 
 async def _freed_during_release(tmp_path):
-    # The release under way was refused (limit reached) after the places were freed by a
-    # cancellation that came while it ran: without another one they wait for the timer.
+    # The release under way was refused (limit reached) after places were freed by a
+    # cancellation that came while it ran: without another try they wait for the timer.
     data = database(tmp_path)
     cluster = data.create_cluster("carol", {}, {})
     data.update_cluster(cluster, state={"log_directory": "/logs"})
     backend = FakeSubmission(data, free=0)
     await start(backend, cluster, 3)
     backend.spawned.clear()
-    backend._releasing.add("carol")
-    backend.release_held_soon("carol")  # freed meanwhile: asked while one runs
-    assert backend.spawned == []
-    await backend._release_held("carol")  # the one under way ends (refused)
-    assert len(backend.spawned) == 1 and "carol" in backend._releasing
+
+    async def tries(asked_meanwhile: bool) -> int:
+        before = len(backend.calls)
+        backend._releasing.add("carol")  # a release runs
+        if asked_meanwhile:
+            backend.release_held_soon("carol")
+        await backend._release_held("carol")
+        return len(backend.calls) - before
+
+    alone, asked = await tries(False), await tries(True)
+    assert asked == 2 * alone > 0, "one more try (and only one) for places freed meanwhile"
+    assert backend.spawned == [] and not backend._releasing and not backend._release_again
 
 
 def test_held_workers_slurm_then_refuses_for_another_reason_fail_with_it(tmp_path):
