@@ -138,7 +138,7 @@ def test_slurmdbd_down_fails_no_cluster_and_failures_keep_their_facts(as_user, m
     # Without accounting the facts come from squeue (finished jobs stay there MinJobAge).
     assert f"scheduler job {doomed_scheduler} CANCELLED" in during["doomed"], during["doomed"]
     log = gw.log.read_text()
-    assert log.count("sacct unavailable") == 1  # said once, not at every poll
+    assert log.count("Health: accounting fails") == 1  # said once, not at every poll
     assert log.count(" failed: ") == 1  # only the cluster whose scheduler was cancelled
 
 
