@@ -53,9 +53,7 @@ class SlurmBackendSettings(DBBackendBase):
     scancel = Unicode("/usr/bin/scancel", help="Path to scancel (run as the user).", config=True)
     squeue = Unicode("/usr/bin/squeue", help="Path to squeue (run as the gateway).", config=True)
     sacct = Unicode("/usr/bin/sacct", help="Path to sacct (run as the gateway).", config=True)
-    scontrol = Unicode(
-        "/usr/bin/scontrol", help="Path to scontrol (run as the gateway).", config=True
-    )
+    scontrol = Unicode("/usr/bin/scontrol", help="Path to scontrol (as the gateway).", config=True)
 
     job_name_prefix = Unicode(
         "dask-gateway",
@@ -232,11 +230,10 @@ class SlurmBackendSettings(DBBackendBase):
     worker_walltime_margin = Float(
         300,
         min=0,
-        help="""Workers leave gracefully between this many and twice this many seconds
-        (at most a quarter of their walltime each) before their job's walltime, spread
-        evenly over that span so that they leave one after the other and their data moves
-        to other workers; the gateway starts a replacement while the cluster has time
-        left.""",
+        help="""Workers leave gracefully between this many and twice this many seconds (at
+        most a quarter of their walltime each) before their job's walltime, one after the
+        other so that their data moves to other workers; the gateway starts a replacement
+        while the cluster has time left.""",
         config=True,
     )
 
@@ -302,9 +299,9 @@ class SlurmBackendSettings(DBBackendBase):
     batch_window = Float(
         0.02,
         min=0,
-        help="""Worker submissions (or cancellations) that come less than this many seconds
-        apart are sent as one sbatch (or scancel) call: it leaves once none has come for
-        this long, and at the latest 0.5 s (or this long, if longer) after the first.""",
+        help="""Worker submissions (or cancellations) less than this many seconds apart go
+        as one sbatch (or scancel) call, at the latest 0.5 s (or this, if longer) after the
+        first.""",
         config=True,
     )
 
